@@ -1,0 +1,414 @@
+//! The command line: `serve`, `validate`, `run` and `clients`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use serde_json::{Map, Value, json};
+
+use crate::clients::session::{Mode, Session};
+use crate::clients::{ListQuery, Sort};
+use crate::event::Event;
+use crate::rules::{RuleSet, load};
+use crate::script::{self, RunStatus};
+use crate::settings::Settings;
+use crate::triggers::decode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "clientrules",
+    version,
+    about = "Rules that keep Spectora client records in order"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service: webhooks in, rules run, clients updated.
+    Serve {
+        #[command(flatten)]
+        settings: Settings,
+    },
+    /// Check rule files and report every problem.
+    Validate {
+        /// Folder of rule files (default: the rules setting).
+        dir: Option<PathBuf>,
+        #[arg(long, env = "CLIENTRULES_RULES", default_value = "./rules")]
+        rules: PathBuf,
+    },
+    /// Run one rule on one event, without the server.
+    Run {
+        /// The rule's name.
+        rule: String,
+        /// A JSON or YAML file with the event: `body`, and optionally `headers`, `query`.
+        #[arg(long, conflicts_with = "body")]
+        event: Option<PathBuf>,
+        /// A raw request body, decoded as a webhook delivery would be.
+        #[arg(long)]
+        body: Option<PathBuf>,
+        /// The media type of `--body` (default: from the file's extension).
+        #[arg(long, requires = "body")]
+        content_type: Option<String>,
+        /// Record the writes as a plan instead of making them.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the run record as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        settings: Settings,
+    },
+    /// Read clients on the configured backend.
+    Clients {
+        #[command(subcommand)]
+        command: ClientsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClientsCommand {
+    /// List clients.
+    List {
+        #[arg(long)]
+        fulltext: Option<String>,
+        /// Only clients with this tag.
+        #[arg(long)]
+        tag: Option<String>,
+        /// first_name, last_name or last_first_name, `-` first for descending.
+        #[arg(long)]
+        sort: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        settings: Settings,
+    },
+    /// Show one client.
+    Get {
+        id: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        settings: Settings,
+    },
+}
+
+/// Runs a command other than `serve`; returns the process exit code.
+pub fn run_command(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve { .. } => bail!("serve runs on the async runtime"),
+        Command::Validate { dir, rules } => validate(&dir.unwrap_or(rules)),
+        Command::Run {
+            rule,
+            event,
+            body,
+            content_type,
+            dry_run,
+            json,
+            settings,
+        } => run_rule(&settings, &rule, event, body, content_type, dry_run, json),
+        Command::Clients { command } => clients(command),
+    }
+}
+
+fn validate(dir: &Path) -> anyhow::Result<ExitCode> {
+    let report = load::load_dir(dir, &load::process_env)
+        .with_context(|| format!("cannot read the rules folder {}", dir.display()))?;
+    let files = report.files;
+    let set = RuleSet::from_report(report);
+    let mut err = std::io::stderr().lock();
+    for d in &set.diagnostics {
+        let _ = write!(err, "{}", d.render());
+        let _ = writeln!(err);
+    }
+    let errors = set.errors().count();
+    let warnings = set.diagnostics.len() - errors;
+    if errors > 0 {
+        let _ = writeln!(
+            err,
+            "{errors} error{} and {warnings} warning{} in {files} rule file{} of {}",
+            plural(errors),
+            plural(warnings),
+            plural(files),
+            dir.display()
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    println!(
+        "{} rule{} in {files} file{} of {}: ok ({warnings} warning{})",
+        set.rules().len(),
+        plural(set.rules().len()),
+        plural(files),
+        dir.display(),
+        plural(warnings)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+fn load_rules_or_fail(settings: &Settings) -> anyhow::Result<RuleSet> {
+    let report = load::load_dir(&settings.rules, &load::process_env)
+        .with_context(|| format!("cannot read the rules folder {}", settings.rules.display()))?;
+    Ok(RuleSet::from_report(report))
+}
+
+fn read_event(
+    event: Option<PathBuf>,
+    body: Option<PathBuf>,
+    content_type: Option<String>,
+    path: &str,
+) -> anyhow::Result<Event> {
+    if let Some(file) = event {
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("cannot read the event file {}", file.display()))?;
+        let value: Value = serde_yaml::from_str(&text)
+            .with_context(|| format!("the event file {} is not JSON or YAML", file.display()))?;
+        let Value::Object(spec) = value else {
+            bail!(
+                "the event file {} must hold a map with `body`",
+                file.display()
+            );
+        };
+        let mut event = Event::manual(&spec);
+        if event.path.is_empty() {
+            event.path = path.to_owned();
+        }
+        return Ok(event);
+    }
+    let Some(file) = body else {
+        bail!("give the event with --event FILE (a map with `body`) or --body FILE (a raw body)");
+    };
+    let raw = Bytes::from(
+        std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?,
+    );
+    let media = content_type.unwrap_or_else(|| {
+        match file.extension().and_then(|e| e.to_str()) {
+            Some("json") => "application/json",
+            Some("txt") | Some("form") => "application/x-www-form-urlencoded",
+            _ => "text/plain",
+        }
+        .to_owned()
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+    let decoded = runtime
+        .block_on(decode::decode(
+            Some(&media),
+            raw.clone(),
+            &decode::DecodeLimits::default(),
+        ))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let mut spec = Map::new();
+    spec.insert("body".into(), decoded.body);
+    let mut event = Event::manual(&spec);
+    event.raw = raw;
+    event.path = path.to_owned();
+    event
+        .headers
+        .insert("content-type".into(), Value::String(media));
+    Ok(event)
+}
+
+fn run_rule(
+    settings: &Settings,
+    name: &str,
+    event: Option<PathBuf>,
+    body: Option<PathBuf>,
+    content_type: Option<String>,
+    dry_run: bool,
+    as_json: bool,
+) -> anyhow::Result<ExitCode> {
+    let set = load_rules_or_fail(settings)?;
+    let Some(rule) = set.get(name).cloned() else {
+        for d in set.errors() {
+            eprint!("{}", d.render());
+        }
+        let names: Vec<&str> = set.rules().iter().map(|r| r.name.as_str()).collect();
+        bail!(
+            "no rule named {name} loaded from {} (loaded: {})",
+            settings.rules.display(),
+            if names.is_empty() {
+                "none".into()
+            } else {
+                names.join(", ")
+            }
+        );
+    };
+    let path = rule.webhook().map(|w| w.path.clone()).unwrap_or_default();
+    let event = read_event(event, body, content_type, &path)?;
+    let (_, backend) = crate::server::open_data(settings)?;
+    let mode = if dry_run { Mode::Plan } else { Mode::Live };
+    let session = Arc::new(Session::new(
+        backend,
+        mode,
+        rule.limits.max_api_calls,
+        rule.limits.max_changes,
+    ));
+    let outcome = script::run(&rule, &event.to_script_value(), session.clone(), None);
+    let changes = session.changes();
+    if as_json {
+        let record = json!({
+            "rule": rule.name,
+            "event_id": event.id,
+            "mode": mode,
+            "status": outcome.status,
+            "reason": outcome.reason,
+            "duration_ms": outcome.duration.as_millis() as u64,
+            "error": outcome.error,
+            "logs": outcome.logs,
+            "api_calls": session.calls(),
+            "changes": if dry_run { Value::Null } else { serde_json::to_value(&changes)? },
+            "plan": if dry_run { serde_json::to_value(&changes)? } else { Value::Null },
+        });
+        println!("{}", serde_json::to_string_pretty(&record)?);
+    } else {
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "rule {}: {}{} in {} ms{}",
+            rule.name,
+            outcome.status.as_str(),
+            outcome
+                .reason
+                .as_ref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default(),
+            outcome.duration.as_millis(),
+            if dry_run {
+                ", dry run: nothing was written"
+            } else {
+                ""
+            }
+        )?;
+        if let Some(e) = &outcome.error {
+            writeln!(out, "error: {e}")?;
+        }
+        let calls = session.calls();
+        writeln!(out, "api calls: {}", calls.len())?;
+        if changes.is_empty() {
+            writeln!(
+                out,
+                "{}",
+                if dry_run {
+                    "plan: no writes"
+                } else {
+                    "changes: none"
+                }
+            )?;
+        } else {
+            writeln!(out, "{}", if dry_run { "plan:" } else { "changes:" })?;
+            for change in &changes {
+                writeln!(out, "  {}", change.describe())?;
+            }
+        }
+        for line in &outcome.logs {
+            writeln!(out, "log {}: {}", line.level, line.message)?;
+        }
+    }
+    Ok(if outcome.status == RunStatus::Failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn clients(command: ClientsCommand) -> anyhow::Result<ExitCode> {
+    let settings = match &command {
+        ClientsCommand::List { settings, .. } | ClientsCommand::Get { settings, .. } => settings,
+    };
+    let (_, backend) = crate::server::open_data(settings)?;
+    match command {
+        ClientsCommand::List {
+            fulltext,
+            tag,
+            sort,
+            json: as_json,
+            ..
+        } => {
+            let sort = match sort {
+                Some(s) => Some(Sort::parse(&s).with_context(|| {
+                    format!("expected --sort first_name, last_name or last_first_name, found {s}")
+                })?),
+                None => None,
+            };
+            let mut query = ListQuery::first_page();
+            query.fulltext = fulltext;
+            query.tags = tag.into_iter().collect();
+            query.sort = sort;
+            let mut all = Vec::new();
+            loop {
+                let page = backend.list(&query).map_err(|e| anyhow::anyhow!("{e}"))?;
+                let empty = page.clients.is_empty();
+                all.extend(page.clients);
+                match page.next {
+                    Some(next) if !empty && next > query.page => query.page = next,
+                    _ => break,
+                }
+            }
+            if as_json {
+                let items: Vec<Value> = all.iter().map(|c| Value::Object(c.to_flat())).collect();
+                println!("{}", serde_json::to_string_pretty(&items)?);
+            } else {
+                print_table(&all);
+            }
+        }
+        ClientsCommand::Get {
+            id, json: as_json, ..
+        } => {
+            let Some(client) = backend.get(&id).map_err(|e| anyhow::anyhow!("{e}"))? else {
+                eprintln!("no client with id {id}");
+                return Ok(ExitCode::FAILURE);
+            };
+            if as_json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&Value::Object(client.to_flat()))?
+                );
+            } else {
+                for (k, v) in client.to_flat() {
+                    let text = match v {
+                        Value::String(s) => s,
+                        other => other.to_string(),
+                    };
+                    println!("{k:>14}: {text}");
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_table(clients: &[crate::clients::Client]) {
+    if clients.is_empty() {
+        println!("no clients");
+        return;
+    }
+    println!(
+        "{:<6} {:<24} {:<32} {:<16} TAGS",
+        "ID", "NAME", "EMAIL", "PHONE"
+    );
+    for c in clients {
+        let name = format!(
+            "{} {}",
+            c.str_attr("first_name").unwrap_or(""),
+            c.str_attr("last_name").unwrap_or("")
+        );
+        println!(
+            "{:<6} {:<24} {:<32} {:<16} {}",
+            c.id,
+            name.trim(),
+            c.str_attr("email").unwrap_or(""),
+            c.str_attr("phone").unwrap_or(""),
+            c.tags().join(", ")
+        );
+    }
+    println!("{} client{}", clients.len(), plural(clients.len()));
+}

@@ -1,0 +1,896 @@
+//! One run's view of the API layer: the script-level client operations (search,
+//! upsert, tag…) written once over any [`Backend`], with the run's accounting (API
+//! calls, changes, limits) and, in plan mode, writes recorded instead of sent.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::{ApiError, Backend, Client, ListQuery, MAX_PAGE_SIZE, READ_ONLY, Sort};
+use crate::text;
+
+/// Live runs send writes; plan runs (dry runs, rule tests) record them as a plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Live,
+    Plan,
+}
+
+/// Attributes that hold text, so that a number sent by a form becomes a string.
+const TEXT_ATTRIBUTES: &[&str] = &[
+    "first_name",
+    "last_name",
+    "email",
+    "phone",
+    "mobile_phone",
+    "home_phone",
+    "notes",
+    "private_notes",
+];
+
+/// Page requests one search may make before it stops, whatever the server says.
+const MAX_PAGES: u32 = 10_000;
+
+/// A failed client operation, as a script sees it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SessionError {
+    /// The API refused or failed; `transient` failures are worth a retry.
+    #[error("clients::{call}: {error}")]
+    Api { call: &'static str, error: ApiError },
+    /// The script called a function wrongly.
+    #[error("clients::{call}: {message}")]
+    Invalid { call: &'static str, message: String },
+    /// A limit of the rule was reached; the run ends.
+    #[error("limit {limit} reached: {message}")]
+    Limit {
+        limit: &'static str,
+        message: String,
+    },
+}
+
+impl SessionError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, SessionError::Api { error, .. } if error.transient)
+    }
+
+    fn invalid(call: &'static str, message: impl Into<String>) -> SessionError {
+        SessionError::Invalid {
+            call,
+            message: message.into(),
+        }
+    }
+}
+
+/// One request to the backend, for the run record.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApiCall {
+    pub operation: &'static str,
+    pub target: String,
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    pub millis: u64,
+}
+
+/// A field's value before and after a write; `null` for an absent value.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FieldChange {
+    pub field: String,
+    pub before: Value,
+    pub after: Value,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeKind {
+    Created,
+    Updated,
+}
+
+/// A client changed by the run (or, in plan mode, that would be).
+#[derive(Debug, Clone, Serialize)]
+pub struct Change {
+    pub client_id: String,
+    pub kind: ChangeKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    pub fields: Vec<FieldChange>,
+}
+
+impl Change {
+    /// One line a person can read: `+ create client jane@example.com {first_name: Jane}`
+    /// or `~ client 512: tags +lead`.
+    pub fn describe(&self) -> String {
+        match self.kind {
+            ChangeKind::Created => {
+                let who = self.email.clone().unwrap_or_else(|| self.client_id.clone());
+                let fields: Vec<String> = self
+                    .fields
+                    .iter()
+                    .filter(|f| f.field != "email")
+                    .map(|f| format!("{}: {}", f.field, short(&f.after)))
+                    .collect();
+                format!("+ create client {who} {{{}}}", fields.join(", "))
+            }
+            ChangeKind::Updated => {
+                let parts: Vec<String> = self.fields.iter().map(describe_field).collect();
+                format!("~ client {}: {}", self.client_id, parts.join("; "))
+            }
+        }
+    }
+}
+
+fn describe_field(change: &FieldChange) -> String {
+    if change.field == "tags" {
+        let before = tag_list(&change.before);
+        let after = tag_list(&change.after);
+        let mut parts = Vec::new();
+        for t in after.iter().filter(|t| !before.contains(t)) {
+            parts.push(format!("+{t}"));
+        }
+        for t in before.iter().filter(|t| !after.contains(t)) {
+            parts.push(format!("-{t}"));
+        }
+        return format!("tags {}", parts.join(" "));
+    }
+    format!(
+        "{} {} → {}",
+        change.field,
+        short(&change.before),
+        short(&change.after)
+    )
+}
+
+fn short(value: &Value) -> String {
+    match value {
+        Value::Null => "\"\"".into(),
+        Value::String(s) if s.chars().count() > 60 => {
+            format!(
+                "{:?}",
+                format!("{}…", s.chars().take(60).collect::<String>())
+            )
+        }
+        other => other.to_string(),
+    }
+}
+
+fn tag_list(value: &Value) -> Vec<String> {
+    match value {
+        Value::Array(items) => items
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// What a client search asks for, with the script API's semantics.
+#[derive(Debug, Clone, Default)]
+pub struct SearchQuery {
+    pub fulltext: Option<String>,
+    /// Every one of these tags must be present.
+    pub tags: Vec<String>,
+    /// At least one of these tags must be present.
+    pub any_tags: Vec<String>,
+    pub id: Option<String>,
+    pub buyer_id: Option<String>,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub sort: Option<Sort>,
+    pub limit: usize,
+}
+
+impl SearchQuery {
+    pub const DEFAULT_LIMIT: usize = 1000;
+
+    fn matches(&self, client: &Client) -> bool {
+        if let Some(id) = &self.id
+            && &client.id != id
+        {
+            return false;
+        }
+        if let Some(buyer) = &self.buyer_id
+            && client.attributes.get("buyer_id").map(value_text).as_deref() != Some(buyer)
+        {
+            return false;
+        }
+        if let Some(email) = &self.email {
+            let have = client.str_attr("email").map(text::normalize_email);
+            if have.as_deref() != Some(email.as_str()) {
+                return false;
+            }
+        }
+        if let Some(phone) = &self.phone {
+            let wanted = text::phone_digits(phone);
+            let found = ["phone", "mobile_phone", "home_phone"].iter().any(|field| {
+                client
+                    .attributes
+                    .get(*field)
+                    .map(value_text)
+                    .is_some_and(|p| same_phone(&text::phone_digits(&p), &wanted))
+            });
+            if !found {
+                return false;
+            }
+        }
+        let tags: HashSet<String> = client
+            .tags()
+            .iter()
+            .map(|t| text::normalize_label(t))
+            .collect();
+        if !self.tags.iter().all(|t| tags.contains(t)) {
+            return false;
+        }
+        if !self.any_tags.is_empty() && !self.any_tags.iter().any(|t| tags.contains(t)) {
+            return false;
+        }
+        true
+    }
+}
+
+/// Two phones are the same when their digits are, ignoring a country code on one side.
+fn same_phone(a: &str, b: &str) -> bool {
+    let a = a.trim_start_matches('+');
+    let b = b.trim_start_matches('+');
+    if a.is_empty() || b.is_empty() {
+        return false;
+    }
+    a == b
+        || (a.len() > b.len() && a.ends_with(b) && b.len() >= 7)
+        || (b.len() > a.len() && b.ends_with(a) && a.len() >= 7)
+}
+
+fn value_text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    calls: Vec<ApiCall>,
+    changes: Vec<Change>,
+    /// Clients read or written in this run, by id: the current state that updates diff
+    /// against, so that an update right after a read sends no second read.
+    known: HashMap<String, Client>,
+    /// Ids of clients created by a plan run, which exist only in this run.
+    planned: HashSet<String>,
+    changed: HashSet<String>,
+    last_error: Option<SessionError>,
+}
+
+/// The API layer for one run.
+pub struct Session {
+    backend: Arc<dyn Backend>,
+    mode: Mode,
+    max_api_calls: u32,
+    max_changes: Option<u32>,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("backend", &self.backend.name())
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    pub fn new(
+        backend: Arc<dyn Backend>,
+        mode: Mode,
+        max_api_calls: u32,
+        max_changes: Option<u32>,
+    ) -> Session {
+        Session {
+            backend,
+            mode,
+            max_api_calls,
+            max_changes,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic cannot happen while the lock is held; recover the data if it did.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The backend requests made so far.
+    pub fn calls(&self) -> Vec<ApiCall> {
+        self.state().calls.clone()
+    }
+
+    /// The clients changed so far (in plan mode: the plan).
+    pub fn changes(&self) -> Vec<Change> {
+        self.state().changes.clone()
+    }
+
+    /// The last error a client operation returned, so that the runner can tell a
+    /// transient API failure from a script error once the script has given up.
+    pub fn last_error(&self) -> Option<SessionError> {
+        self.state().last_error.clone()
+    }
+
+    fn remember_error<T>(&self, result: Result<T, SessionError>) -> Result<T, SessionError> {
+        if let Err(e) = &result {
+            self.state().last_error = Some(e.clone());
+        }
+        result
+    }
+
+    /// Sends one request, counting it against `max_api_calls`.
+    fn call<T>(
+        &self,
+        call: &'static str,
+        operation: &'static str,
+        target: &str,
+        request: impl FnOnce(&dyn Backend) -> Result<T, ApiError>,
+    ) -> Result<T, SessionError> {
+        {
+            let state = self.state();
+            if state.calls.len() as u64 >= u64::from(self.max_api_calls) {
+                return Err(SessionError::Limit {
+                    limit: "max_api_calls",
+                    message: format!(
+                        "the rule allows {} API calls a run; clients::{call} needs another",
+                        self.max_api_calls
+                    ),
+                });
+            }
+        }
+        let started = Instant::now();
+        let result = request(self.backend.as_ref());
+        let millis = started.elapsed().as_millis().min(u128::from(u64::MAX)) as u64;
+        let (ok, status) = match &result {
+            Ok(_) => (true, None),
+            Err(e) => (false, e.status),
+        };
+        self.state().calls.push(ApiCall {
+            operation,
+            target: target.to_owned(),
+            ok,
+            status,
+            millis,
+        });
+        result.map_err(|error| SessionError::Api { call, error })
+    }
+
+    fn remember(&self, client: &Client) {
+        self.state().known.insert(client.id.clone(), client.clone());
+    }
+
+    /// The client with this id, or `None`.
+    pub fn get(&self, id: &str) -> Result<Option<Client>, SessionError> {
+        let result = self.get_inner("get", id);
+        self.remember_error(result)
+    }
+
+    fn get_inner(&self, call: &'static str, id: &str) -> Result<Option<Client>, SessionError> {
+        if self.state().planned.contains(id) {
+            return Ok(self.state().known.get(id).cloned());
+        }
+        let found = self.call(call, "get", id, |b| b.get(id))?;
+        if let Some(client) = &found {
+            self.remember(client);
+        }
+        Ok(found)
+    }
+
+    /// The current state of a client named by id, from this run's reads when it has one.
+    fn current(&self, call: &'static str, id: &str) -> Result<Client, SessionError> {
+        if let Some(client) = self.state().known.get(id).cloned() {
+            return Ok(client);
+        }
+        self.get_inner(call, id)?
+            .ok_or_else(|| SessionError::invalid(call, format!("no client with id {id}")))
+    }
+
+    /// Clients matching a query, paged through the backend and post-filtered to the
+    /// script API's semantics.
+    pub fn search(&self, query: &SearchQuery) -> Result<Vec<Client>, SessionError> {
+        let result = self.search_inner("search", query);
+        self.remember_error(result)
+    }
+
+    fn search_inner(
+        &self,
+        call: &'static str,
+        query: &SearchQuery,
+    ) -> Result<Vec<Client>, SessionError> {
+        let mut base = ListQuery::first_page();
+        base.id = query.id.clone();
+        base.buyer_id = query.buyer_id.clone();
+        base.sort = query.sort;
+        // The API has no email or phone filter: full-text search narrows, the
+        // post-filter decides.
+        base.fulltext = query
+            .fulltext
+            .clone()
+            .or_else(|| query.email.clone())
+            .or_else(|| query.phone.clone());
+
+        let mut requests = Vec::new();
+        if !query.tags.is_empty() {
+            let mut q = base.clone();
+            q.tags = query.tags.clone();
+            requests.push(q);
+        } else if !query.any_tags.is_empty() {
+            // Whether several tags match any or all is unknown: one request per tag.
+            for tag in &query.any_tags {
+                let mut q = base.clone();
+                q.tags = vec![tag.clone()];
+                requests.push(q);
+            }
+        } else {
+            requests.push(base);
+        }
+        let union = requests.len() > 1;
+
+        let mut seen = HashSet::new();
+        let mut found = Vec::new();
+        'requests: for mut request in requests {
+            loop {
+                let target = format!("page {}", request.page);
+                let page = self.call(call, "list", &target, |b| b.list(&request))?;
+                let empty = page.clients.is_empty();
+                for client in page.clients {
+                    if query.matches(&client) && seen.insert(client.id.clone()) {
+                        self.remember(&client);
+                        found.push(client);
+                        if !union && found.len() >= query.limit {
+                            break 'requests;
+                        }
+                    }
+                }
+                match page.next {
+                    Some(next) if !empty && next > request.page && request.page < MAX_PAGES => {
+                        request.page = next;
+                    }
+                    _ => break,
+                }
+            }
+        }
+        if union {
+            if let Some(sort) = query.sort {
+                sort_clients(&mut found, sort);
+            }
+            found.truncate(query.limit);
+        }
+
+        // A plan run also sees the clients it would have created.
+        if self.mode == Mode::Plan {
+            let state = self.state();
+            for id in &state.planned {
+                if let Some(client) = state.known.get(id)
+                    && query.matches(client)
+                    && !seen.contains(id)
+                    && found.len() < query.limit
+                {
+                    found.push(client.clone());
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// The client whose email equals this one after normalizing, or `None`.
+    pub fn find_by_email(&self, email: &str) -> Result<Option<Client>, SessionError> {
+        let result = self.find_by_email_inner("find_by_email", email);
+        self.remember_error(result)
+    }
+
+    fn find_by_email_inner(
+        &self,
+        call: &'static str,
+        email: &str,
+    ) -> Result<Option<Client>, SessionError> {
+        let email = text::normalize_email(email);
+        if email.is_empty() {
+            return Ok(None);
+        }
+        let query = SearchQuery {
+            email: Some(email),
+            limit: 1,
+            ..SearchQuery::default()
+        };
+        Ok(self.search_inner(call, &query)?.into_iter().next())
+    }
+
+    /// Creates a client. `null` fields are left out.
+    pub fn create(&self, fields: Map<String, Value>) -> Result<Client, SessionError> {
+        let result = self.create_inner("create", fields);
+        self.remember_error(result)
+    }
+
+    fn create_inner(
+        &self,
+        call: &'static str,
+        fields: Map<String, Value>,
+    ) -> Result<Client, SessionError> {
+        let fields = clean_fields(call, fields)?;
+        self.check_changes(call, None)?;
+        let email = fields
+            .get("email")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let client = match self.mode {
+            Mode::Live => {
+                let target = email.clone().unwrap_or_else(|| "new client".into());
+                self.call(call, "create", &target, |b| b.create(&fields))?
+            }
+            Mode::Plan => {
+                let has_identity = ["email", "phone", "first_name"].iter().any(|k| {
+                    fields
+                        .get(*k)
+                        .and_then(Value::as_str)
+                        .is_some_and(|s| !s.trim().is_empty())
+                });
+                if !has_identity {
+                    return Err(SessionError::Api {
+                        call,
+                        error: ApiError::unprocessable(
+                            "create",
+                            "email",
+                            "a client needs at least one of email, phone or first_name",
+                        ),
+                    });
+                }
+                let mut state = self.state();
+                let id = format!("new-{}", state.planned.len() + 1);
+                state.planned.insert(id.clone());
+                Client {
+                    id,
+                    attributes: fields.clone(),
+                }
+            }
+        };
+        let changes = fields
+            .iter()
+            .map(|(k, v)| FieldChange {
+                field: k.clone(),
+                before: Value::Null,
+                after: v.clone(),
+            })
+            .collect();
+        self.record_change(&client, ChangeKind::Created, email, changes);
+        Ok(client)
+    }
+
+    fn check_changes(&self, call: &'static str, id: Option<&str>) -> Result<(), SessionError> {
+        let Some(max) = self.max_changes else {
+            return Ok(());
+        };
+        let state = self.state();
+        let already = id.is_some_and(|id| state.changed.contains(id));
+        if !already && state.changed.len() as u64 >= u64::from(max) {
+            return Err(SessionError::Limit {
+                limit: "max_changes",
+                message: format!(
+                    "the rule allows {max} changed clients a run; clients::{call} would change \
+                     another"
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn record_change(
+        &self,
+        client: &Client,
+        kind: ChangeKind,
+        email: Option<String>,
+        fields: Vec<FieldChange>,
+    ) {
+        let mut state = self.state();
+        state.changed.insert(client.id.clone());
+        state.known.insert(client.id.clone(), client.clone());
+        state.changes.push(Change {
+            client_id: client.id.clone(),
+            kind,
+            email,
+            fields,
+        });
+    }
+
+    /// Updates a client with the fields that differ from its current values; sends
+    /// nothing when none differ. `email` may only repeat the current one.
+    pub fn update(&self, id: &str, fields: Map<String, Value>) -> Result<Client, SessionError> {
+        let result = self.update_inner("update", id, fields);
+        self.remember_error(result)
+    }
+
+    fn update_inner(
+        &self,
+        call: &'static str,
+        id: &str,
+        fields: Map<String, Value>,
+    ) -> Result<Client, SessionError> {
+        let mut fields = clean_fields(call, fields)?;
+        let current = self.current(call, id)?;
+        if let Some(email) = fields.remove("email") {
+            let wanted = email
+                .as_str()
+                .map(text::normalize_email)
+                .unwrap_or_default();
+            let have = current
+                .str_attr("email")
+                .map(text::normalize_email)
+                .unwrap_or_default();
+            if wanted != have {
+                return Err(SessionError::invalid(
+                    call,
+                    format!(
+                        "the email of a client cannot be changed (client {id} has {have:?}, \
+                         the rule sent {wanted:?})"
+                    ),
+                ));
+            }
+        }
+        let diff: Map<String, Value> = fields
+            .into_iter()
+            .filter(|(k, v)| !same_value(k, current.attributes.get(k).unwrap_or(&Value::Null), v))
+            .collect();
+        if diff.is_empty() {
+            return Ok(current);
+        }
+        self.check_changes(call, Some(id))?;
+        let updated = match self.mode {
+            Mode::Live => self.call(call, "update", id, |b| b.update(id, &diff))?,
+            Mode::Plan => {
+                let mut client = current.clone();
+                for (k, v) in &diff {
+                    if v.is_null() {
+                        client.attributes.remove(k);
+                    } else {
+                        client.attributes.insert(k.clone(), v.clone());
+                    }
+                }
+                client
+            }
+        };
+        let changes = diff
+            .iter()
+            .map(|(k, v)| FieldChange {
+                field: k.clone(),
+                before: current.attributes.get(k).cloned().unwrap_or(Value::Null),
+                after: v.clone(),
+            })
+            .collect();
+        self.record_change(&updated, ChangeKind::Updated, None, changes);
+        Ok(updated)
+    }
+
+    /// Finds the client by email (or, without one, by phone), updates what differs, or
+    /// creates it. Blank and null fields never overwrite a value; tags are added.
+    pub fn upsert(&self, fields: Map<String, Value>) -> Result<Client, SessionError> {
+        let result = self.upsert_inner(fields);
+        self.remember_error(result)
+    }
+
+    fn upsert_inner(&self, fields: Map<String, Value>) -> Result<Client, SessionError> {
+        let call = "upsert";
+        let fields: Map<String, Value> = clean_fields(call, fields)?
+            .into_iter()
+            .filter(|(_, v)| !matches!(v, Value::String(s) if s.trim().is_empty()))
+            .collect();
+        let email = fields
+            .get("email")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        let phone = fields.get("phone").map(value_text).unwrap_or_default();
+        let existing = if !email.is_empty() {
+            self.find_by_email_inner(call, &email)?
+        } else if !text::phone_digits(&phone)
+            .trim_start_matches('+')
+            .is_empty()
+        {
+            let query = SearchQuery {
+                phone: Some(phone),
+                limit: 1,
+                ..SearchQuery::default()
+            };
+            self.search_inner(call, &query)?.into_iter().next()
+        } else {
+            None
+        };
+        match existing {
+            None => self.create_inner(call, fields),
+            Some(client) => {
+                let mut changes = fields;
+                changes.remove("email");
+                if let Some(Value::Array(new_tags)) = changes.remove("tags") {
+                    let mut tags = client.tags();
+                    for tag in new_tags.iter().filter_map(Value::as_str) {
+                        if !tags.iter().any(|t| text::normalize_label(t) == tag) {
+                            tags.push(tag.to_owned());
+                        }
+                    }
+                    changes.insert("tags".into(), tags.into_iter().map(Value::String).collect());
+                }
+                self.update_inner(call, &client.id, changes)
+            }
+        }
+    }
+
+    /// Adds tags to a client, sending nothing when it has them all.
+    pub fn tag(&self, id: &str, tags: &[String]) -> Result<Client, SessionError> {
+        let result = self.retag("tag", id, tags, true);
+        self.remember_error(result)
+    }
+
+    /// Removes tags from a client, sending nothing when it has none of them.
+    pub fn untag(&self, id: &str, tags: &[String]) -> Result<Client, SessionError> {
+        let result = self.retag("untag", id, tags, false);
+        self.remember_error(result)
+    }
+
+    fn retag(
+        &self,
+        call: &'static str,
+        id: &str,
+        tags: &[String],
+        add: bool,
+    ) -> Result<Client, SessionError> {
+        let wanted: Vec<String> = tags
+            .iter()
+            .map(|t| text::normalize_label(t))
+            .filter(|t| !t.is_empty())
+            .collect();
+        let current = self.current(call, id)?;
+        let mut next = current.tags();
+        if add {
+            for tag in &wanted {
+                if !next.iter().any(|t| &text::normalize_label(t) == tag) {
+                    next.push(tag.clone());
+                }
+            }
+        } else {
+            next.retain(|t| !wanted.contains(&text::normalize_label(t)));
+        }
+        if next == current.tags() {
+            return Ok(current);
+        }
+        let mut fields = Map::new();
+        fields.insert("tags".into(), next.into_iter().map(Value::String).collect());
+        self.update_inner(call, id, fields)
+    }
+}
+
+/// Sorts clients the way the API would, for results merged from several requests.
+fn sort_clients(clients: &mut [Client], sort: Sort) {
+    use super::SortKey;
+    let key = |c: &Client| -> (String, String) {
+        let first = c.str_attr("first_name").unwrap_or("").to_lowercase();
+        let last = c.str_attr("last_name").unwrap_or("").to_lowercase();
+        match sort.key {
+            SortKey::FirstName => (first, String::new()),
+            SortKey::LastName => (last, String::new()),
+            SortKey::LastFirstName => (last, first),
+        }
+    };
+    clients.sort_by(|a, b| {
+        let ordering = key(a).cmp(&key(b));
+        if sort.descending {
+            ordering.reverse()
+        } else {
+            ordering
+        }
+    });
+}
+
+/// Whether a new value equals the current one as the API layer compares them.
+fn same_value(field: &str, current: &Value, new: &Value) -> bool {
+    match field {
+        "email" => {
+            current.as_str().map(text::normalize_email) == new.as_str().map(text::normalize_email)
+        }
+        "tags" => tag_list(current) == tag_list(new),
+        _ => match (current, new) {
+            (Value::Null, Value::String(s)) | (Value::String(s), Value::Null) => s.is_empty(),
+            (Value::String(a), Value::String(b)) => a == b,
+            (a, b) => a == b,
+        },
+    }
+}
+
+/// Checks and normalizes the fields a script passes to a write: read-only and null
+/// fields are dropped, emails normalized, text attributes made strings, tags a list of
+/// NFC strings.
+fn clean_fields(
+    call: &'static str,
+    fields: Map<String, Value>,
+) -> Result<Map<String, Value>, SessionError> {
+    let mut out = Map::new();
+    for (key, value) in fields {
+        if READ_ONLY.contains(&key.as_str()) || value.is_null() {
+            continue;
+        }
+        let value = if key == "email" {
+            match value {
+                Value::String(s) => Value::String(text::normalize_email(&s)),
+                other => {
+                    return Err(SessionError::invalid(
+                        call,
+                        format!("`email` must be a string, found {}", kind_of(&other)),
+                    ));
+                }
+            }
+        } else if key == "tags" {
+            let list = match value {
+                Value::String(s) => vec![Value::String(s)],
+                Value::Array(items) => items,
+                other => {
+                    return Err(SessionError::invalid(
+                        call,
+                        format!(
+                            "`tags` must be a list of strings, found {}",
+                            kind_of(&other)
+                        ),
+                    ));
+                }
+            };
+            let mut tags: Vec<String> = Vec::new();
+            for item in list {
+                match item {
+                    Value::String(s) => {
+                        let tag = text::normalize_label(&s);
+                        if !tag.is_empty() && !tags.contains(&tag) {
+                            tags.push(tag);
+                        }
+                    }
+                    other => {
+                        return Err(SessionError::invalid(
+                            call,
+                            format!("`tags` must hold strings, found {}", kind_of(&other)),
+                        ));
+                    }
+                }
+            }
+            Value::Array(tags.into_iter().map(Value::String).collect())
+        } else if TEXT_ATTRIBUTES.contains(&key.as_str()) {
+            match value {
+                Value::String(s) => Value::String(text::trim(&s)),
+                Value::Number(n) => Value::String(n.to_string()),
+                Value::Bool(b) => Value::String(b.to_string()),
+                other => {
+                    return Err(SessionError::invalid(
+                        call,
+                        format!("`{key}` must be a string, found {}", kind_of(&other)),
+                    ));
+                }
+            }
+        } else {
+            value
+        };
+        out.insert(key, value);
+    }
+    Ok(out)
+}
+
+fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "nothing",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a map",
+    }
+}
+
+/// The page size the session asks for; kept here so tests can count requests.
+pub const PAGE_SIZE: u32 = MAX_PAGE_SIZE;

@@ -1,0 +1,30 @@
+//! `clientrules`: webhooks and schedules in, rule scripts run, Spectora clients out.
+//!
+//! The path of an event, and the module that owns each step:
+//!
+//! | module | owns |
+//! | --- | --- |
+//! | [`triggers`] | turning outside input into events: webhook routes, body decoding, signatures |
+//! | [`rules`] | rule files: strict parsing, `${VAR}`, validation, compilation, the rule set |
+//! | [`script`] | the Rhai sandbox, its limits, and the modules scripts call |
+//! | [`clients`] | the API layer: the `Backend` trait, the embedded store, a run's session |
+//! | [`store`] | events, jobs and runs, committed before a webhook is answered |
+//! | [`worker`] | claiming jobs, running rules, recording runs, retrying |
+//! | [`admin`] | the admin API, health and readiness |
+//! | [`server`] | `serve`: assembling the above into one process |
+//! | [`cli`] | the command line |
+//! | [`settings`] | flags, environment and defaults |
+//! | [`text`] | normalization of emails, names, tags and phones |
+
+pub mod admin;
+pub mod cli;
+pub mod clients;
+pub mod event;
+pub mod rules;
+pub mod script;
+pub mod server;
+pub mod settings;
+pub mod store;
+pub mod text;
+pub mod triggers;
+pub mod worker;

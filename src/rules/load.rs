@@ -1,0 +1,791 @@
+//! Loading rule files: parse strictly, resolve `${VAR}`, validate, compile. Every
+//! problem of every file is collected, each with its file, rule, line and column.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::file::{HmacSpec, RuleFile};
+use super::spans::{Pos, Spans, Style};
+use super::{
+    Diagnostic, HmacAlgorithm, HmacCheck, Limits, RetryPolicy, Rule, SignatureEncoding, Trigger,
+    WebhookTrigger,
+};
+use crate::script::{self, Compiled, Origin};
+
+/// Paths that belong to the service itself and that no webhook may take.
+const RESERVED_PATHS: &[&str] = &["/api", "/healthz", "/readyz", "/metrics", "/ui"];
+
+/// A rule that loaded, with what a rule set needs to report clashes between files.
+#[derive(Debug)]
+pub struct Loaded {
+    pub rule: Rule,
+    pub source: Arc<str>,
+    pub name_pos: Pos,
+    pub path_pos: Pos,
+}
+
+/// The outcome of loading a folder or a file: the rules that loaded, and every problem.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    pub rules: Vec<Loaded>,
+    pub diagnostics: Vec<Diagnostic>,
+    /// Rule files read, loaded or not.
+    pub files: usize,
+}
+
+/// Where `${VAR}` values come from: the process environment in the service, a fixed map
+/// in tests.
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// Reads the process environment.
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// Loads every `*.yaml` and `*.yml` file of a folder, in name order.
+pub fn load_dir(dir: &Path, env: EnvLookup<'_>) -> std::io::Result<LoadReport> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|p| is_rule_file(p))
+        .collect();
+    paths.sort();
+    let mut report = LoadReport::default();
+    for path in paths {
+        report.files += 1;
+        let (loaded, mut diagnostics) = load_file(&path, env);
+        report.diagnostics.append(&mut diagnostics);
+        if let Some(loaded) = loaded {
+            report.rules.push(loaded);
+        }
+    }
+    Ok(report)
+}
+
+/// Whether a path names a rule file by its extension.
+pub fn is_rule_file(path: &Path) -> bool {
+    path.is_file()
+        && matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml") | Some("yml")
+        )
+}
+
+/// Loads one rule file: the rule when it has no error, and every problem found.
+pub fn load_file(path: &Path, env: EnvLookup<'_>) -> (Option<Loaded>, Vec<Diagnostic>) {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            let d = Diagnostic::error(path, 1, 1, format!("cannot read the rule file: {e}"));
+            return (None, vec![d]);
+        }
+    };
+    let text = match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => {
+            let at = e.utf8_error().valid_up_to();
+            let d = Diagnostic::error(
+                path,
+                1,
+                1,
+                format!("the file is not UTF-8 text (invalid byte at offset {at})"),
+            );
+            return (None, vec![d]);
+        }
+    };
+    let mut loader = Loader {
+        path: path.to_owned(),
+        source: Arc::from(text.as_str()),
+        rule: None,
+        diagnostics: Vec::new(),
+    };
+    let loaded = loader.load(&text, env);
+    (loaded, loader.diagnostics)
+}
+
+struct Loader {
+    path: PathBuf,
+    source: Arc<str>,
+    rule: Option<String>,
+    diagnostics: Vec<Diagnostic>,
+}
+
+impl Loader {
+    fn error(&mut self, pos: Pos, message: impl Into<String>) -> &mut Diagnostic {
+        let mut d = Diagnostic::error(&self.path, pos.line, pos.column, message.into())
+            .with_source(self.source.clone());
+        d.rule = self.rule.clone();
+        self.diagnostics.push(d);
+        let last = self.diagnostics.len() - 1;
+        &mut self.diagnostics[last]
+    }
+
+    fn errors(&self) -> usize {
+        self.diagnostics.iter().filter(|d| d.is_error()).count()
+    }
+
+    fn load(&mut self, text: &str, env: EnvLookup<'_>) -> Option<Loaded> {
+        if text.trim().is_empty() {
+            self.error(Pos { line: 1, column: 1 }, "the rule file is empty")
+                .help = Some("a rule needs at least `name`, `on` and `script`".into());
+            return None;
+        }
+
+        // The YAML structure first: syntax errors and duplicate keys, with exact positions.
+        let spans = match Spans::index(text) {
+            Ok(spans) => spans,
+            Err((pos, message)) => {
+                let d = self.error(pos, format!("YAML syntax error: {message}"));
+                if message.contains("tab") {
+                    d.help = Some("indent with spaces; YAML does not allow tabs".into());
+                }
+                return None;
+            }
+        };
+        for (pos, message) in &spans.problems {
+            self.error(*pos, message.clone());
+        }
+        let had_structure_errors = !spans.problems.is_empty();
+
+        // Then the schema: unknown keys, wrong types, missing keys.
+        let file: RuleFile = match serde_yaml::from_str(text) {
+            Ok(file) => file,
+            Err(e) => {
+                // A duplicate struct key is already reported, with a better position.
+                if !(had_structure_errors && e.to_string().starts_with("duplicate field")) {
+                    self.schema_error(&e, &spans);
+                }
+                return None;
+            }
+        };
+        if had_structure_errors {
+            return None;
+        }
+        self.rule = Some(file.name.clone());
+        let rule = self.build(file, &spans, env);
+        if self.errors() > 0 {
+            return None;
+        }
+        Some(Loaded {
+            rule: rule?,
+            source: self.source.clone(),
+            name_pos: spans.value_or_parent("name"),
+            path_pos: spans.value_or_parent("on.webhook.path"),
+        })
+    }
+
+    /// Turns a serde error into a diagnostic that says what was expected and found.
+    fn schema_error(&mut self, e: &serde_yaml::Error, spans: &Spans) {
+        let pos = e
+            .location()
+            .map(|l| Pos {
+                line: l.line(),
+                column: l.column(),
+            })
+            .unwrap_or(Pos { line: 1, column: 1 });
+        let raw = e.to_string();
+        let message = match raw.rfind(" at line ") {
+            Some(cut) => raw[..cut].to_owned(),
+            None => raw,
+        };
+        let (context, detail) = match message.split_once(": ") {
+            Some((ctx, rest)) if !ctx.contains(' ') => (Some(ctx.to_owned()), rest.to_owned()),
+            _ => (None, message.clone()),
+        };
+        let place = context
+            .as_ref()
+            .map(|c| format!(" in `{c}`"))
+            .unwrap_or_default();
+
+        if let Some(rest) = detail.strip_prefix("unknown field `") {
+            let (unknown, expected) = match rest.split_once('`') {
+                Some((name, tail)) => (name.to_owned(), expected_names(tail)),
+                None => (rest.to_owned(), Vec::new()),
+            };
+            let d = self.error(pos, format!("unknown key `{unknown}`{place}"));
+            d.help = Some(match nearest(&unknown, &expected) {
+                Some(best) => format!(
+                    "did you mean `{best}`? valid keys here: {}",
+                    expected.join(", ")
+                ),
+                None => format!("valid keys here: {}", expected.join(", ")),
+            });
+            return;
+        }
+        if let Some(rest) = detail.strip_prefix("missing field `") {
+            let name = rest.split('`').next().unwrap_or(rest);
+            let at = context
+                .as_ref()
+                .map(|c| spans.key_or_parent(c))
+                .unwrap_or(Pos { line: 1, column: 1 });
+            let d = self.error(at, format!("missing key `{name}`{place}"));
+            if name == "name" && context.is_none() {
+                d.help = Some("every rule needs a unique `name`".into());
+            }
+            return;
+        }
+        if let Some(rest) = detail.strip_prefix("invalid type: ")
+            && let Some((found, expected)) = rest.split_once(", expected ")
+        {
+            self.error(
+                pos,
+                format!(
+                    "expected {}{place}, found {found}",
+                    describe_expected(expected)
+                ),
+            );
+            return;
+        }
+        if let Some(rest) = detail.strip_prefix("invalid value: ")
+            && let Some((found, expected)) = rest.split_once(", expected ")
+        {
+            self.error(
+                pos,
+                format!(
+                    "expected {}{place}, found {found}",
+                    describe_expected(expected)
+                ),
+            );
+            return;
+        }
+        self.error(pos, format!("{detail}{place}"));
+    }
+
+    fn build(&mut self, file: RuleFile, spans: &Spans, env: EnvLookup<'_>) -> Option<Rule> {
+        let name_pos = spans.value_or_parent("name");
+        if !valid_name(&file.name) {
+            self.error(name_pos, format!("invalid rule name `{}`", file.name))
+                .help = Some(
+                "use lowercase letters, digits and '-', starting with a letter or digit, \
+                 at most 64 characters"
+                    .into(),
+            );
+        }
+
+        let trigger = self.trigger(&file, spans, env);
+        let limits = self.limits(&file, spans);
+        let retry = self.retry(&file, spans);
+        let vars = self.vars(&file, spans, env);
+        let script = self.script(&file, spans);
+        let when = file.when.as_deref().and_then(|text| {
+            let origin = self.origin_of(spans, "when");
+            self.compile(script::compile_expression(text, origin))
+        });
+        self.check_tests(&file, spans);
+
+        let mut warnings = Vec::new();
+        if let Some(Trigger::Webhook(hook)) = &trigger
+            && hook.hmac.is_none()
+        {
+            let pos = spans.key_or_parent("on.webhook");
+            let mut d = Diagnostic::warning(
+                &self.path,
+                pos.line,
+                pos.column,
+                format!("webhook {} is open: no `verify` is set", hook.path),
+            )
+            .with_help("anyone who knows the path can post events; add `on.webhook.verify`")
+            .with_source(self.source.clone());
+            d.rule = self.rule.clone();
+            warnings.push(d.clone());
+            self.diagnostics.push(d);
+        }
+
+        let (trigger, script) = (trigger?, script?);
+        Some(Rule {
+            name: file.name,
+            description: file.description,
+            file: self.path.clone(),
+            trigger,
+            when,
+            script,
+            vars,
+            limits,
+            retry,
+            tests: file.tests,
+            warnings,
+        })
+    }
+
+    fn trigger(&mut self, file: &RuleFile, spans: &Spans, env: EnvLookup<'_>) -> Option<Trigger> {
+        let on_pos = spans.key_or_parent("on");
+        match (&file.on.webhook, &file.on.schedule) {
+            (None, None) => {
+                self.error(on_pos, "`on` names no trigger").help =
+                    Some("add `webhook:` (with an optional `path`) under `on`".into());
+                None
+            }
+            (Some(_), Some(_)) => {
+                self.error(on_pos, "`on` has both `webhook` and `schedule`")
+                    .help = Some("a rule has one trigger; split it into two rules".into());
+                None
+            }
+            (None, Some(_)) => {
+                self.error(
+                    spans.key_or_parent("on.schedule"),
+                    "schedule triggers are not supported by this version of clientrules",
+                )
+                .help = Some("use a webhook trigger".into());
+                None
+            }
+            (Some(hook), None) => {
+                let path = match &hook.path {
+                    Some(raw) => {
+                        let pos = spans.value_or_parent("on.webhook.path");
+                        let path = self.resolve(raw, pos, env)?;
+                        self.check_path(&path, pos);
+                        path
+                    }
+                    None => format!("/hooks/{}", file.name),
+                };
+                let redirect = match hook.respond.as_ref().and_then(|r| r.redirect.as_ref()) {
+                    Some(raw) => {
+                        let pos = spans.value_or_parent("on.webhook.respond.redirect");
+                        let url = self.resolve(raw, pos, env)?;
+                        if !(url.starts_with("https://") || url.starts_with("http://"))
+                            || url.contains(char::is_whitespace)
+                        {
+                            self.error(
+                                pos,
+                                format!("expected an absolute http(s) URL, found `{url}`"),
+                            );
+                        }
+                        Some(url)
+                    }
+                    None => None,
+                };
+                let hmac = match hook.verify.as_ref().and_then(|v| v.hmac.as_ref()) {
+                    Some(spec) => Some(self.hmac(spec, spans, env)?),
+                    None => None,
+                };
+                if let Some(verify) = &hook.verify
+                    && verify.hmac.is_none()
+                {
+                    self.error(
+                        spans.key_or_parent("on.webhook.verify"),
+                        "`verify` names no verification scheme",
+                    )
+                    .help = Some("add `hmac:` with `secret` and `header`".into());
+                }
+                let dedupe = if hook.dedupe.is_some() {
+                    self.error(
+                        spans.key_or_parent("on.webhook.dedupe"),
+                        "`dedupe` is not supported by this version of clientrules",
+                    )
+                    .help = Some("remove `dedupe`; every delivery runs the rule".into());
+                    None
+                } else {
+                    None
+                };
+                Some(Trigger::Webhook(WebhookTrigger {
+                    path,
+                    hmac,
+                    redirect,
+                    dedupe,
+                }))
+            }
+        }
+    }
+
+    fn check_path(&mut self, path: &str, pos: Pos) {
+        let problem = if !path.starts_with('/') {
+            Some("a webhook path starts with `/`")
+        } else if path.contains(['?', '#']) || path.contains(char::is_whitespace) {
+            Some("a webhook path has no query, fragment or white space")
+        } else if path.len() > 200 {
+            Some("a webhook path is at most 200 characters")
+        } else if RESERVED_PATHS
+            .iter()
+            .any(|r| path == *r || path.starts_with(&format!("{r}/")))
+        {
+            Some("this path belongs to the service itself")
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            self.error(pos, format!("invalid webhook path `{path}`: {problem}"));
+        }
+    }
+
+    fn hmac(&mut self, spec: &HmacSpec, spans: &Spans, env: EnvLookup<'_>) -> Option<HmacCheck> {
+        let base = "on.webhook.verify.hmac";
+        let secret_pos = spans.value_or_parent(&format!("{base}.secret"));
+        let secret = self.resolve(&spec.secret, secret_pos, env)?;
+        if secret.is_empty() {
+            self.error(secret_pos, "the HMAC secret is empty");
+        }
+        let algorithm = match spec.algorithm.as_str() {
+            "sha1" => HmacAlgorithm::Sha1,
+            "sha256" => HmacAlgorithm::Sha256,
+            "sha512" => HmacAlgorithm::Sha512,
+            other => {
+                self.error(
+                    spans.value_or_parent(&format!("{base}.algorithm")),
+                    format!("expected sha1, sha256 or sha512, found `{other}`"),
+                );
+                return None;
+            }
+        };
+        let encoding = match spec.encoding.as_str() {
+            "hex" => SignatureEncoding::Hex,
+            "base64" => SignatureEncoding::Base64,
+            other => {
+                self.error(
+                    spans.value_or_parent(&format!("{base}.encoding")),
+                    format!("expected hex or base64, found `{other}`"),
+                );
+                return None;
+            }
+        };
+        let header = spec.header.trim().to_ascii_lowercase();
+        if header.is_empty() || !header.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
+            self.error(
+                spans.value_or_parent(&format!("{base}.header")),
+                format!("expected an HTTP header name, found `{}`", spec.header),
+            );
+        }
+        Some(HmacCheck {
+            secret: secret.into_bytes(),
+            header,
+            algorithm,
+            encoding,
+            prefix: spec.prefix.clone().unwrap_or_default(),
+        })
+    }
+
+    fn limits(&mut self, file: &RuleFile, spans: &Spans) -> Limits {
+        let mut limits = Limits::default();
+        let spec = &file.limits;
+        if let Some(text) = &spec.timeout {
+            let pos = spans.value_or_parent("limits.timeout");
+            if let Some(d) = self.duration(
+                text,
+                pos,
+                Duration::from_millis(1),
+                Duration::from_secs(300),
+            ) {
+                limits.timeout = d;
+            }
+        }
+        if let Some(n) = spec.max_api_calls {
+            if n == 0 || n > 1_000_000 {
+                self.error(
+                    spans.value_or_parent("limits.max_api_calls"),
+                    format!("expected a number of API calls from 1 to 1000000, found {n}"),
+                );
+            }
+            limits.max_api_calls = n;
+        }
+        if let Some(n) = spec.max_operations {
+            if !(1_000..=10_000_000_000).contains(&n) {
+                self.error(
+                    spans.value_or_parent("limits.max_operations"),
+                    format!("expected a number of operations from 1000 to 10000000000, found {n}"),
+                );
+            }
+            limits.max_operations = n;
+        }
+        if let Some(n) = spec.max_changes {
+            limits.max_changes = Some(n);
+        }
+        limits
+    }
+
+    fn retry(&mut self, file: &RuleFile, spans: &Spans) -> RetryPolicy {
+        let mut retry = RetryPolicy::default();
+        if let Some(n) = file.retry.attempts {
+            if n == 0 || n > 50 {
+                self.error(
+                    spans.value_or_parent("retry.attempts"),
+                    format!("expected a number of attempts from 1 to 50, found {n}"),
+                );
+            }
+            retry.attempts = n;
+        }
+        if let Some(text) = &file.retry.backoff {
+            let pos = spans.value_or_parent("retry.backoff");
+            if let Some(d) = self.duration(
+                text,
+                pos,
+                Duration::from_millis(1),
+                Duration::from_secs(3600),
+            ) {
+                retry.backoff = d;
+            }
+        }
+        retry
+    }
+
+    fn duration(&mut self, text: &str, pos: Pos, min: Duration, max: Duration) -> Option<Duration> {
+        match humantime::parse_duration(text.trim()) {
+            Ok(d) if d >= min && d <= max => Some(d),
+            Ok(_) => {
+                self.error(
+                    pos,
+                    format!(
+                        "expected a duration from {} to {}, found `{text}`",
+                        humantime::format_duration(min),
+                        humantime::format_duration(max)
+                    ),
+                );
+                None
+            }
+            Err(_) => {
+                self.error(
+                    pos,
+                    format!("expected a duration such as `10s`, `500ms` or `5m`, found `{text}`"),
+                );
+                None
+            }
+        }
+    }
+
+    fn vars(
+        &mut self,
+        file: &RuleFile,
+        spans: &Spans,
+        env: EnvLookup<'_>,
+    ) -> serde_json::Map<String, serde_json::Value> {
+        let mut vars = file.vars.clone();
+        for (key, value) in vars.iter_mut() {
+            self.resolve_value(value, &format!("vars.{key}"), spans, env);
+        }
+        vars
+    }
+
+    fn resolve_value(
+        &mut self,
+        value: &mut serde_json::Value,
+        path: &str,
+        spans: &Spans,
+        env: EnvLookup<'_>,
+    ) {
+        match value {
+            serde_json::Value::String(text) => {
+                let pos = spans.value_or_parent(path);
+                if let Some(resolved) = self.resolve(text, pos, env) {
+                    *text = resolved;
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for (i, item) in items.iter_mut().enumerate() {
+                    self.resolve_value(item, &format!("{path}.{i}"), spans, env);
+                }
+            }
+            serde_json::Value::Object(map) => {
+                for (k, item) in map.iter_mut() {
+                    self.resolve_value(item, &format!("{path}.{k}"), spans, env);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Replaces `${VAR}` with the variable's value; `$${` stands for a literal `${`.
+    fn resolve(&mut self, text: &str, pos: Pos, env: EnvLookup<'_>) -> Option<String> {
+        match substitute(text, env) {
+            Ok(out) => Some(out),
+            Err(problem) => {
+                let d = self.error(pos, problem.message());
+                if let EnvProblem::Unset(name) = &problem {
+                    d.help = Some(format!("set {name} in the service's environment"));
+                }
+                None
+            }
+        }
+    }
+
+    fn script(&mut self, file: &RuleFile, spans: &Spans) -> Option<Compiled> {
+        match (&file.script, &file.script_file) {
+            (Some(_), Some(_)) => {
+                self.error(
+                    spans.key_or_parent("script_file"),
+                    "both `script` and `script_file` are set",
+                )
+                .help = Some("keep one of the two".into());
+                None
+            }
+            (None, None) => {
+                self.error(Pos { line: 1, column: 1 }, "missing key `script`")
+                    .help =
+                    Some("add `script:` with the Rhai code, or `script_file:` with a path".into());
+                None
+            }
+            (Some(text), None) => {
+                let origin = self.origin_of(spans, "script");
+                self.compile(script::compile_script(text, origin))
+            }
+            (None, Some(relative)) => {
+                let pos = spans.value_or_parent("script_file");
+                let base = self.path.parent().unwrap_or(Path::new("."));
+                let path = base.join(relative);
+                let text = match std::fs::read_to_string(&path) {
+                    Ok(text) => text,
+                    Err(e) => {
+                        self.error(
+                            pos,
+                            format!("cannot read script file {}: {e}", path.display()),
+                        )
+                        .help = Some("paths are relative to the rule file's folder".into());
+                        return None;
+                    }
+                };
+                let origin = Origin {
+                    file: path,
+                    line_offset: 0,
+                    column_offset: 0,
+                    source: Arc::from(text.as_str()),
+                };
+                self.compile(script::compile_script(&text, origin))
+            }
+        }
+    }
+
+    /// Where a script embedded at `path` starts in the rule file.
+    fn origin_of(&self, spans: &Spans, path: &str) -> Origin {
+        let (line_offset, column_offset) = match spans.get(path) {
+            Some(entry) => match entry.style {
+                // A block scalar is reported at its first content line, already indented.
+                Some(Style::Block) => (entry.value.line - 1, entry.value.column - 1),
+                // A quoted scalar's text starts after the quote.
+                Some(Style::Quoted) => (entry.value.line - 1, entry.value.column),
+                _ => (entry.value.line - 1, entry.value.column - 1),
+            },
+            None => (0, 0),
+        };
+        Origin {
+            file: self.path.clone(),
+            line_offset,
+            column_offset,
+            source: self.source.clone(),
+        }
+    }
+
+    fn compile(&mut self, result: Result<Compiled, Vec<Diagnostic>>) -> Option<Compiled> {
+        match result {
+            Ok(compiled) => Some(compiled),
+            Err(problems) => {
+                for mut d in problems {
+                    d.rule = self.rule.clone();
+                    self.diagnostics.push(d);
+                }
+                None
+            }
+        }
+    }
+
+    fn check_tests(&mut self, file: &RuleFile, spans: &Spans) {
+        let mut names = std::collections::HashSet::new();
+        for (i, test) in file.tests.iter().enumerate() {
+            let pos = spans.value_or_parent(&format!("tests.{i}.name"));
+            if test.name.trim().is_empty() {
+                self.error(pos, "a test needs a non-empty `name`");
+            } else if !names.insert(test.name.clone()) {
+                self.error(pos, format!("duplicate test name `{}`", test.name));
+            }
+            if let Some(status) = &test.expect.status
+                && !matches!(status.as_str(), "succeeded" | "skipped" | "failed")
+            {
+                self.error(
+                    spans.value_or_parent(&format!("tests.{i}.expect.status")),
+                    format!("expected succeeded, skipped or failed, found `{status}`"),
+                );
+            }
+        }
+    }
+}
+
+/// Why a `${VAR}` could not be resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnvProblem {
+    Unset(String),
+    Malformed(String),
+}
+
+impl EnvProblem {
+    pub fn message(&self) -> String {
+        match self {
+            EnvProblem::Unset(name) => format!("environment variable `{name}` is not set"),
+            EnvProblem::Malformed(text) => {
+                format!("expected `${{NAME}}` with a variable name, found `{text}`")
+            }
+        }
+    }
+}
+
+/// Replaces every `${NAME}` in a text; `$${` is a literal `${`.
+pub fn substitute(text: &str, env: EnvLookup<'_>) -> Result<String, EnvProblem> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at..];
+        if let Some(after) = tail.strip_prefix("$${") {
+            out.push_str("${");
+            rest = after;
+        } else if let Some(after) = tail.strip_prefix("${") {
+            let Some(end) = after.find('}') else {
+                return Err(EnvProblem::Malformed(tail.chars().take(40).collect()));
+            };
+            let name = &after[..end];
+            let valid = !name.is_empty()
+                && !name.starts_with(|c: char| c.is_ascii_digit())
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return Err(EnvProblem::Malformed(format!("${{{name}}}")));
+            }
+            match env(name) {
+                Some(value) => out.push_str(&value),
+                None => return Err(EnvProblem::Unset(name.to_owned())),
+            }
+            rest = &after[end + 1..];
+        } else {
+            out.push('$');
+            rest = &tail[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-')
+}
+
+/// The field names of serde's "expected one of `a`, `b`" tail.
+fn expected_names(tail: &str) -> Vec<String> {
+    tail.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The closest valid key to a misspelt one, when it is close enough to be a typo.
+fn nearest<'a>(unknown: &str, candidates: &'a [String]) -> Option<&'a str> {
+    candidates
+        .iter()
+        .map(|c| (strsim::damerau_levenshtein(unknown, c), c))
+        .filter(|(distance, c)| *distance <= 2.max(c.len() / 3))
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, c)| c.as_str())
+}
+
+/// serde's type names, in the words of a rule file's author.
+fn describe_expected(expected: &str) -> String {
+    match expected {
+        "u32" | "u64" | "usize" => "a whole number".into(),
+        "a string" => "a string".into(),
+        "a boolean" => "true or false".into(),
+        e if e.starts_with("struct ") => "a mapping of keys".into(),
+        "a map" => "a mapping of keys".into(),
+        "a sequence" => "a list".into(),
+        other => other.to_owned(),
+    }
+}

@@ -1,0 +1,216 @@
+//! Rules: the loaded, validated and compiled form of the rule files, and the set of
+//! them that a running service routes events to.
+
+pub mod diagnostic;
+pub mod file;
+pub mod load;
+pub mod spans;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+pub use diagnostic::{Diagnostic, Severity};
+pub use file::TestSpec;
+pub use load::{LoadReport, load_dir, load_file};
+
+use crate::script::Compiled;
+
+/// Limits of one run of a rule's script.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub timeout: Duration,
+    pub max_api_calls: u32,
+    pub max_operations: u64,
+    /// The most clients one run may change; `None` for no limit.
+    pub max_changes: Option<u32>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            timeout: Duration::from_secs(10),
+            max_api_calls: 100,
+            max_operations: 5_000_000,
+            max_changes: None,
+        }
+    }
+}
+
+/// How a job whose run failed transiently is tried again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Runs in all, the first included.
+    pub attempts: u32,
+    /// The wait before the second run; doubled for each run after, capped at an hour.
+    pub backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 5,
+            backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait after the given failed attempt (1 for the first run), before jitter.
+    pub fn delay_after(&self, attempt: u32) -> Duration {
+        let cap = Duration::from_secs(3600);
+        let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(20));
+        self.backoff.saturating_mul(factor).min(cap)
+    }
+}
+
+/// An HMAC signature check over the raw body.
+#[derive(Debug, Clone)]
+pub struct HmacCheck {
+    pub secret: Vec<u8>,
+    /// Lowercase header name.
+    pub header: String,
+    pub algorithm: HmacAlgorithm,
+    pub encoding: SignatureEncoding,
+    pub prefix: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HmacAlgorithm {
+    Sha1,
+    Sha256,
+    Sha512,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignatureEncoding {
+    Hex,
+    Base64,
+}
+
+/// A webhook trigger: the path it owns and how it answers.
+#[derive(Debug, Clone)]
+pub struct WebhookTrigger {
+    pub path: String,
+    pub hmac: Option<HmacCheck>,
+    pub redirect: Option<String>,
+    pub dedupe: Option<Compiled>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Trigger {
+    Webhook(WebhookTrigger),
+}
+
+/// One loaded rule, ready to run.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub name: String,
+    pub description: Option<String>,
+    pub file: PathBuf,
+    pub trigger: Trigger,
+    pub when: Option<Compiled>,
+    pub script: Compiled,
+    pub vars: Map<String, Value>,
+    pub limits: Limits,
+    pub retry: RetryPolicy,
+    pub tests: Vec<TestSpec>,
+    /// Warnings of the load (an open endpoint, say); errors keep a rule from loading.
+    pub warnings: Vec<Diagnostic>,
+}
+
+impl Rule {
+    pub fn webhook(&self) -> Option<&WebhookTrigger> {
+        match &self.trigger {
+            Trigger::Webhook(w) => Some(w),
+        }
+    }
+}
+
+/// The rules a service runs, by name and by webhook path.
+#[derive(Debug, Default)]
+pub struct RuleSet {
+    rules: Vec<Arc<Rule>>,
+    by_name: HashMap<String, usize>,
+    by_path: HashMap<String, usize>,
+    /// Every problem of the last load, errors and warnings.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl RuleSet {
+    /// Builds the set from a load report. Rules clashing on a name or a path with a rule
+    /// of an earlier file are left out, each with an error.
+    pub fn from_report(report: LoadReport) -> RuleSet {
+        let mut set = RuleSet {
+            diagnostics: report.diagnostics,
+            ..RuleSet::default()
+        };
+        for loaded in report.rules {
+            let rule = loaded.rule;
+            if let Some(&other) = set.by_name.get(&rule.name) {
+                let first = &set.rules[other];
+                let mut d = Diagnostic::error(
+                    &rule.file,
+                    loaded.name_pos.line,
+                    loaded.name_pos.column,
+                    format!(
+                        "duplicate rule name `{}`: {} already defines it",
+                        rule.name,
+                        first.file.display()
+                    ),
+                )
+                .with_help("rule names must be unique; rename one of the two");
+                d.rule = Some(rule.name.clone());
+                set.diagnostics.push(d.with_source(loaded.source.clone()));
+                continue;
+            }
+            if let Some(hook) = rule.webhook() {
+                if let Some(&other) = set.by_path.get(&hook.path) {
+                    let first = &set.rules[other];
+                    let mut d = Diagnostic::error(
+                        &rule.file,
+                        loaded.path_pos.line,
+                        loaded.path_pos.column,
+                        format!(
+                            "webhook path `{}` is already used by rule `{}` ({})",
+                            hook.path,
+                            first.name,
+                            first.file.display()
+                        ),
+                    )
+                    .with_help("each webhook path belongs to one rule");
+                    d.rule = Some(rule.name.clone());
+                    set.diagnostics.push(d.with_source(loaded.source.clone()));
+                    continue;
+                }
+                set.by_path.insert(hook.path.clone(), set.rules.len());
+            }
+            set.by_name.insert(rule.name.clone(), set.rules.len());
+            set.rules.push(Arc::new(rule));
+        }
+        set
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Rule>> {
+        self.by_name.get(name).map(|&i| &self.rules[i])
+    }
+
+    pub fn by_path(&self, path: &str) -> Option<&Arc<Rule>> {
+        self.by_path.get(path).map(|&i| &self.rules[i])
+    }
+
+    pub fn rules(&self) -> &[Arc<Rule>] {
+        &self.rules
+    }
+
+    pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.diagnostics.iter().filter(|d| d.is_error())
+    }
+
+    pub fn has_errors(&self) -> bool {
+        self.errors().next().is_some()
+    }
+}

@@ -1,0 +1,364 @@
+//! Rule scripts: compiling them at load with positions in the rule file, and running
+//! them in the sandbox against a client session, producing a run's outcome.
+
+pub mod convert;
+pub mod engine;
+pub mod modules;
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rhai::{AST, Dynamic, EvalAltResult, Position, Scope};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::clients::session::Session;
+use crate::rules::{Diagnostic, Rule};
+
+/// Where a script's text sits, so that a position inside the script becomes a position
+/// in the file the user edits.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub file: PathBuf,
+    /// Lines before the script's first line.
+    pub line_offset: usize,
+    /// Columns before the script's text on each line (a block scalar's indentation).
+    pub column_offset: usize,
+    /// The whole file, for showing the offending line.
+    pub source: Arc<str>,
+}
+
+impl Origin {
+    /// The file line and column of a script position; `None` for no position.
+    pub fn locate(&self, pos: Position) -> Option<(usize, usize)> {
+        let line = pos.line()?;
+        let column = pos.position().unwrap_or(1);
+        Some((self.line_offset + line, self.column_offset + column))
+    }
+}
+
+/// A compiled script or expression, with where it came from.
+#[derive(Debug, Clone)]
+pub struct Compiled {
+    pub ast: Arc<AST>,
+    pub origin: Arc<Origin>,
+}
+
+/// Names every script sees in its scope; declared at compile time so that strict
+/// variable checking reports a misspelt name at load.
+const SCOPE_NAMES: &[&str] = &["event", "vars"];
+
+fn compile_scope() -> Scope<'static> {
+    let mut scope = Scope::new();
+    for name in SCOPE_NAMES {
+        // Plain variables, not constants: the optimizer would fold a constant's
+        // placeholder value into the compiled script.
+        scope.push_dynamic(*name, Dynamic::UNIT);
+    }
+    scope
+}
+
+/// Compiles a rule's script, checking the module functions it calls.
+pub fn compile_script(text: &str, origin: Origin) -> Result<Compiled, Vec<Diagnostic>> {
+    let engine = engine::compiler();
+    match engine.compile_with_scope(&compile_scope(), text) {
+        Ok(ast) => finish(ast, origin),
+        Err(e) => Err(vec![parse_diagnostic(&origin, &e)]),
+    }
+}
+
+/// Compiles a one-expression script (`when`, `dedupe`).
+pub fn compile_expression(text: &str, origin: Origin) -> Result<Compiled, Vec<Diagnostic>> {
+    let engine = engine::compiler();
+    match engine.compile_expression_with_scope(&compile_scope(), text) {
+        Ok(ast) => finish(ast, origin),
+        Err(e) => Err(vec![parse_diagnostic(&origin, &e)]),
+    }
+}
+
+fn finish(ast: AST, origin: Origin) -> Result<Compiled, Vec<Diagnostic>> {
+    let problems: Vec<Diagnostic> = modules::unknown_calls(&ast)
+        .into_iter()
+        .map(|(pos, message, help)| {
+            let (line, column) = origin.locate(pos).unwrap_or((origin.line_offset + 1, 1));
+            let mut d = Diagnostic::error(&origin.file, line, column, message)
+                .with_source(origin.source.clone());
+            d.help = help;
+            d
+        })
+        .collect();
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(Compiled {
+        ast: Arc::new(ast),
+        origin: Arc::new(origin),
+    })
+}
+
+fn parse_diagnostic(origin: &Origin, e: &rhai::ParseError) -> Diagnostic {
+    let (line, column) = origin
+        .locate(e.position())
+        .unwrap_or((origin.line_offset + 1, 1));
+    let message = format!("script error: {}", e.err_type());
+    let mut d =
+        Diagnostic::error(&origin.file, line, column, message).with_source(origin.source.clone());
+    if let rhai::ParseErrorType::VariableUndefined(name) = e.err_type() {
+        d.help = Some(if name == "client" || name == "clients" {
+            format!("`{name}` is not defined here; scripts see `event` and `vars`")
+        } else {
+            format!("declare `{name}` with `let` first; scripts see `event` and `vars`")
+        });
+    }
+    d
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    Succeeded,
+    Skipped,
+    Failed,
+}
+
+impl RunStatus {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Skipped => "skipped",
+            RunStatus::Failed => "failed",
+        }
+    }
+}
+
+/// One line a script logged.
+#[derive(Debug, Clone, Serialize)]
+pub struct LogLine {
+    pub level: &'static str,
+    pub message: String,
+}
+
+/// Why a run failed, with where in the rule file.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunError {
+    pub message: String,
+    /// The limit that ended the run, when one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub column: Option<usize>,
+}
+
+impl std::fmt::Display for RunError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let (Some(file), Some(line), Some(column)) = (&self.file, self.line, self.column) {
+            write!(f, "{}:{line}:{column}: ", file.display())?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// The outcome of running a rule on one event.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub status: RunStatus,
+    /// The reason given to `skip()`, or why the `when` guard skipped the run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<RunError>,
+    /// Whether a failure is transient, so that the job is worth trying again.
+    pub retryable: bool,
+    pub logs: Vec<LogLine>,
+    pub duration: Duration,
+}
+
+/// What ends a run early from inside a native function: `skip`, `fail`, a limit. Thrown
+/// as a termination so that `try`/`catch` in a script cannot swallow it.
+#[derive(Debug, Clone)]
+pub(crate) enum Stop {
+    Skip(String),
+    Fail(String),
+    Limit { limit: String, message: String },
+    Timeout(Duration),
+    Cancelled,
+}
+
+/// Runs a rule's `when` guard and script on an event. Blocking: call it from a worker
+/// thread, never from the async runtime.
+pub fn run(
+    rule: &Rule,
+    event: &Value,
+    session: Arc<Session>,
+    cancel: Option<Arc<AtomicBool>>,
+) -> Outcome {
+    let started = Instant::now();
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    let sandbox = engine::Sandbox {
+        limits: rule.limits,
+        deadline: started + rule.limits.timeout,
+        cancel,
+    };
+    let engine = engine::build(&sandbox, session.clone(), logs.clone());
+
+    let mut scope = Scope::new();
+    scope.push_constant_dynamic("event", convert::to_dynamic(event));
+    scope.push_constant_dynamic(
+        "vars",
+        convert::to_dynamic(&Value::Object(rule.vars.clone())),
+    );
+
+    let mut outcome = Outcome {
+        status: RunStatus::Succeeded,
+        reason: None,
+        error: None,
+        retryable: false,
+        logs: Vec::new(),
+        duration: Duration::ZERO,
+    };
+
+    let guard = match &rule.when {
+        Some(when) => match engine.eval_ast_with_scope::<Dynamic>(&mut scope, &when.ast) {
+            Ok(value) => match value.as_bool() {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(None),
+                Err(found) => Err(Some(RunError {
+                    message: format!("`when` must be true or false, found {found}"),
+                    limit: None,
+                    file: Some(when.origin.file.clone()),
+                    line: Some(when.origin.line_offset + 1),
+                    column: None,
+                })),
+            },
+            Err(e) => Err(Some(describe_error(
+                &e,
+                &when.origin,
+                &session,
+                &sandbox,
+                &mut outcome,
+            ))),
+        },
+        None => Ok(()),
+    };
+    match guard {
+        Ok(()) => match engine.run_ast_with_scope(&mut scope, &rule.script.ast) {
+            Ok(()) => {}
+            Err(e) => {
+                let error =
+                    describe_error(&e, &rule.script.origin, &session, &sandbox, &mut outcome);
+                if outcome.status == RunStatus::Succeeded {
+                    outcome.status = RunStatus::Failed;
+                    outcome.error = Some(error);
+                }
+            }
+        },
+        Err(None) => {
+            outcome.status = RunStatus::Skipped;
+            outcome.reason = Some("the `when` condition is false".into());
+        }
+        Err(Some(error)) => {
+            if outcome.status == RunStatus::Succeeded {
+                outcome.status = RunStatus::Failed;
+                outcome.error = Some(error);
+            }
+        }
+    }
+
+    outcome.logs = std::mem::take(&mut *logs.lock().unwrap_or_else(|p| p.into_inner()));
+    outcome.duration = started.elapsed();
+    outcome
+}
+
+/// Classifies a script error. `skip()` sets the outcome to skipped and returns an
+/// unused error; every other error fails the run.
+fn describe_error(
+    e: &EvalAltResult,
+    origin: &Origin,
+    session: &Session,
+    sandbox: &engine::Sandbox,
+    outcome: &mut Outcome,
+) -> RunError {
+    // An error inside a script function is reported where it happened, naming the
+    // function, rather than at the call.
+    let mut e = e;
+    let mut functions = Vec::new();
+    while let EvalAltResult::ErrorInFunctionCall(name, _, inner, _) = e {
+        functions.push(name.clone());
+        e = inner.as_ref();
+    }
+    let pos = e.position();
+    let (line, column) = match origin.locate(pos) {
+        Some((l, c)) => (Some(l), Some(c)),
+        None => (None, None),
+    };
+    let mut error = RunError {
+        message: String::new(),
+        limit: None,
+        file: Some(origin.file.clone()),
+        line,
+        column,
+    };
+    match e {
+        EvalAltResult::ErrorTerminated(token, _) => match engine::stop_of(token) {
+            Some(Stop::Skip(reason)) => {
+                outcome.status = RunStatus::Skipped;
+                outcome.reason = Some(reason);
+            }
+            Some(Stop::Fail(reason)) => error.message = format!("fail: {reason}"),
+            Some(Stop::Limit { limit, message }) => {
+                error.message = message;
+                error.limit = Some(limit);
+            }
+            Some(Stop::Timeout(after)) => {
+                error.message = format!(
+                    "limit timeout reached: the script ran longer than {}",
+                    humantime::format_duration(after)
+                );
+                error.limit = Some("timeout".into());
+            }
+            Some(Stop::Cancelled) => {
+                error.message = "the run was stopped because the service is shutting down".into();
+                outcome.retryable = true;
+            }
+            None => error.message = format!("the script was terminated: {token}"),
+        },
+        EvalAltResult::ErrorTooManyOperations(_) => {
+            error.message = format!(
+                "limit max_operations reached: the script used more than {} operations",
+                sandbox.limits.max_operations
+            );
+            error.limit = Some("max_operations".into());
+        }
+        EvalAltResult::ErrorStackOverflow(_) => {
+            error.message = "limit call depth reached: functions call each other too deeply".into();
+            error.limit = Some("call_depth".into());
+        }
+        EvalAltResult::ErrorDataTooLarge(what, _) => {
+            error.message = format!("limit size reached: {what} is too large");
+            error.limit = Some("size".into());
+        }
+        EvalAltResult::ErrorRuntime(value, _) => {
+            let text = value.to_string();
+            // A client operation that failed and that the script did not catch: the
+            // job is retried when the API failure was transient.
+            if let Some(last) = session.last_error()
+                && last.to_string() == text
+            {
+                outcome.retryable = last.is_transient();
+            }
+            error.message = text;
+        }
+        other => error.message = engine::plain_message(other),
+    }
+    if let Some(name) = functions.last() {
+        error.message = format!("in function `{name}`: {}", error.message);
+    }
+    error
+}

@@ -1,0 +1,170 @@
+//! `serve`: the store, the rules, the workers and the HTTP routes in one process.
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::Router;
+use tracing::{error, info, warn};
+
+use crate::clients::Backend;
+use crate::clients::embedded::EmbeddedStore;
+use crate::rules::{RuleSet, load};
+use crate::settings::Settings;
+use crate::store::{SqliteStore, Store};
+use crate::triggers::decode::DecodeLimits;
+use crate::worker::{self, Pool, SharedRules, Wake};
+
+/// What the HTTP handlers share.
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub rules: SharedRules,
+    pub wake: Arc<Wake>,
+    pub body_limit: usize,
+    pub decode_limits: DecodeLimits,
+    pub admin_token: Option<String>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("body_limit", &self.body_limit)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The router of the service: admin routes, then every other path to the webhooks.
+pub fn router(app: Arc<AppState>) -> Router {
+    crate::admin::routes(app.clone())
+        .fallback(crate::triggers::webhook::handle)
+        .with_state(app)
+}
+
+/// Loads the rules folder and logs every problem; the rules that load are served.
+pub fn load_rules(settings: &Settings) -> anyhow::Result<RuleSet> {
+    let report = load::load_dir(&settings.rules, &load::process_env)
+        .with_context(|| format!("cannot read the rules folder {}", settings.rules.display()))?;
+    let files = report.files;
+    let set = RuleSet::from_report(report);
+    for d in &set.diagnostics {
+        if d.is_error() {
+            error!(file = %d.file.display(), line = d.line, column = d.column, rule = d.rule.as_deref().unwrap_or(""), "{}", d.message);
+        } else {
+            warn!(file = %d.file.display(), line = d.line, column = d.column, rule = d.rule.as_deref().unwrap_or(""), "{}", d.message);
+        }
+    }
+    info!(
+        files,
+        loaded = set.rules().len(),
+        errors = set.errors().count(),
+        "rules loaded"
+    );
+    Ok(set)
+}
+
+/// Opens the data folder: the store, and the embedded clients in the same file.
+pub fn open_data(settings: &Settings) -> anyhow::Result<(Arc<SqliteStore>, Arc<dyn Backend>)> {
+    std::fs::create_dir_all(&settings.data)
+        .with_context(|| format!("cannot create the data folder {}", settings.data.display()))?;
+    let path = settings.store_path();
+    let store = SqliteStore::open(&path)?;
+    let clients = EmbeddedStore::open(&path)
+        .with_context(|| format!("cannot open the client store {}", path.display()))?;
+    let backend: Arc<dyn Backend> = Arc::new(clients.company("default"));
+    Ok((Arc::new(store), backend))
+}
+
+/// Runs the service until SIGINT or SIGTERM.
+pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&settings.data)
+        .with_context(|| format!("cannot create the data folder {}", settings.data.display()))?;
+    // One service a data folder: SQLite is a single-node store.
+    let lock_path = settings.data.join("serve.lock");
+    let lock = File::create(&lock_path)
+        .with_context(|| format!("cannot create {}", lock_path.display()))?;
+    if lock.try_lock().is_err() {
+        anyhow::bail!(
+            "another clientrules serve is using the data folder {}",
+            settings.data.display()
+        );
+    }
+
+    let rules = load_rules(&settings)?;
+    let (store, backend) = open_data(&settings)?;
+    let requeued = store.requeue_running()?;
+    if requeued > 0 {
+        info!(
+            jobs = requeued,
+            "jobs left running by the last stop will run again"
+        );
+    }
+    let store: Arc<dyn Store> = store;
+
+    let shared: SharedRules = Arc::new(RwLock::new(Arc::new(rules)));
+    let wake = Arc::new(Wake::default());
+    let context = worker::Context {
+        store: store.clone(),
+        rules: shared.clone(),
+        backend,
+        wake: wake.clone(),
+        stopping: Arc::new(AtomicBool::new(false)),
+        cancel: Arc::new(AtomicBool::new(false)),
+    };
+    let pool = Pool::start(context, settings.workers).context("cannot start the workers")?;
+
+    let app = Arc::new(AppState {
+        store,
+        rules: shared,
+        wake,
+        body_limit: settings.body_limit,
+        decode_limits: DecodeLimits::default(),
+        admin_token: settings.admin_token.clone(),
+    });
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let address = listener.local_addr()?;
+    info!(address = %address, data = %settings.data.display(), "listening");
+
+    let service = router(app).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, service)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("the HTTP server failed")?;
+
+    info!(
+        "stopping: running jobs get {} s to finish",
+        settings.shutdown_grace
+    );
+    let grace = Duration::from_secs(settings.shutdown_grace);
+    tokio::task::spawn_blocking(move || pool.shutdown(grace)).await?;
+    drop(lock);
+    info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}

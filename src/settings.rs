@@ -1,0 +1,85 @@
+//! Settings of the service: flags first, then `CLIENTRULES_*` environment variables,
+//! then defaults.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+
+/// Where the service listens and keeps its files, shared by every command.
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// Address to listen on.
+    #[arg(long, env = "CLIENTRULES_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Folder of rule files.
+    #[arg(long, env = "CLIENTRULES_RULES", default_value = "./rules")]
+    pub rules: PathBuf,
+
+    /// Folder of the service's data (the SQLite store).
+    #[arg(long, env = "CLIENTRULES_DATA", default_value = "./data")]
+    pub data: PathBuf,
+
+    /// Worker threads that run rules.
+    #[arg(long, env = "CLIENTRULES_WORKERS", default_value_t = 4)]
+    pub workers: usize,
+
+    /// Largest webhook body accepted, in bytes, or with a KiB or MiB suffix.
+    #[arg(long, env = "CLIENTRULES_BODY_LIMIT", default_value = "1MiB", value_parser = parse_size)]
+    pub body_limit: usize,
+
+    /// Bearer token of the admin API; without one it answers only on loopback.
+    #[arg(long, env = "CLIENTRULES_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Seconds that running jobs get to finish on shutdown.
+    #[arg(long, env = "CLIENTRULES_SHUTDOWN_GRACE", default_value_t = 10)]
+    pub shutdown_grace: u64,
+}
+
+impl Settings {
+    /// The store file under the data folder.
+    pub fn store_path(&self) -> PathBuf {
+        self.data.join("clientrules.db")
+    }
+}
+
+/// Parses `1048576`, `512KiB`, `1MiB` (and `KB`/`MB` as the same binary units).
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: usize = digits
+        .parse()
+        .map_err(|_| format!("expected a size such as 1048576, 512KiB or 1MiB, found {text:?}"))?;
+    let factor = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1024,
+        "m" | "mb" | "mib" => 1024 * 1024,
+        _ => {
+            return Err(format!(
+                "expected a size unit of KiB or MiB, found {unit:?}"
+            ));
+        }
+    };
+    n.checked_mul(factor)
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("expected a positive size, found {text:?}"))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_size("1MiB").unwrap(), 1 << 20);
+        assert_eq!(parse_size("512KiB").unwrap(), 512 * 1024);
+        assert_eq!(parse_size("100").unwrap(), 100);
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("5GB").is_err());
+    }
+}

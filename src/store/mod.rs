@@ -1,0 +1,165 @@
+//! The store: events, jobs and runs, behind one interface. An event and its jobs are
+//! committed together before a webhook is answered; workers claim jobs with a lease.
+
+pub mod sqlite;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::event::Event;
+
+pub use sqlite::SqliteStore;
+
+/// A storage failure. Callers answer 503 (ingest) or retry later (workers).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the store failed: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("the store holds a record it cannot read: {0}")]
+    Corrupt(String),
+    #[error("cannot open the store at {path}: {message}")]
+    Open { path: String, message: String },
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// A file part's bytes, stored with the event.
+#[derive(Debug, Clone)]
+pub struct NewFile {
+    pub id: String,
+    pub bytes: Bytes,
+}
+
+/// A job to create with an event: run `rule` on it, at most `max_attempts` times.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub rule: String,
+    pub max_attempts: u32,
+}
+
+/// A job a worker has claimed.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub id: i64,
+    pub event_id: String,
+    pub rule: String,
+    /// This run's attempt number, from 1.
+    pub attempt: u32,
+    pub max_attempts: u32,
+}
+
+/// What becomes of a job after a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobNext {
+    /// Finished: succeeded or skipped.
+    Done,
+    /// Failed transiently: run again at this time.
+    Retry(DateTime<Utc>),
+    /// Failed permanently or out of attempts: a dead letter.
+    Dead,
+}
+
+/// The state of a job, as the admin API shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    Pending,
+    Running,
+    Done,
+    Dead,
+}
+
+impl JobState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            JobState::Pending => "pending",
+            JobState::Running => "running",
+            JobState::Done => "done",
+            JobState::Dead => "dead",
+        }
+    }
+
+    fn parse(text: &str) -> Option<JobState> {
+        Some(match text {
+            "pending" => JobState::Pending,
+            "running" => JobState::Running,
+            "done" => JobState::Done,
+            "dead" => JobState::Dead,
+            _ => return None,
+        })
+    }
+}
+
+/// A run as stored: the columns that filter, and the whole record as JSON.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredRun {
+    pub id: String,
+    pub job_id: i64,
+    pub event_id: String,
+    pub rule: String,
+    pub status: String,
+    pub started_at: DateTime<Utc>,
+    pub record: Value,
+}
+
+/// An event with its jobs' states, for listings.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventSummary {
+    pub id: String,
+    pub source: String,
+    pub path: String,
+    pub received_at: DateTime<Utc>,
+    pub jobs: Vec<JobSummary>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct JobSummary {
+    pub id: i64,
+    pub rule: String,
+    pub state: JobState,
+    pub attempts: u32,
+}
+
+/// Filters of a run listing; `None` matches all.
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    pub rule: Option<String>,
+    pub status: Option<String>,
+    pub event_id: Option<String>,
+    pub client_id: Option<String>,
+    pub limit: usize,
+}
+
+/// The interface both store engines implement.
+pub trait Store: Send + Sync {
+    /// Commits an event, its files and its jobs in one transaction.
+    fn insert_event(&self, event: &Event, files: &[NewFile], jobs: &[NewJob]) -> Result<()>;
+
+    fn event(&self, id: &str) -> Result<Option<Event>>;
+
+    /// The newest events first, optionally of one rule's jobs.
+    fn events(&self, rule: Option<&str>, limit: usize) -> Result<Vec<EventSummary>>;
+
+    /// Claims the next job that is due, or whose lease expired, for `lease`.
+    fn claim(&self, lease: Duration) -> Result<Option<Job>>;
+
+    /// Records a run and moves its job on.
+    fn finish(&self, job: &Job, run: &StoredRun, next: JobNext) -> Result<()>;
+
+    /// Puts jobs left running by a previous process back in the queue.
+    fn requeue_running(&self) -> Result<u64>;
+
+    fn runs(&self, filter: &RunFilter) -> Result<Vec<StoredRun>>;
+
+    fn run(&self, id: &str) -> Result<Option<StoredRun>>;
+
+    /// Jobs waiting to run, due or not.
+    fn pending_jobs(&self) -> Result<u64>;
+
+    /// Whether the store answers: for readiness.
+    fn ping(&self) -> Result<()>;
+}

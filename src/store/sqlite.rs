@@ -1,0 +1,367 @@
+//! The SQLite engine of the store: one file under the data directory, written through
+//! one connection, every commit synced before a webhook is answered.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, TimeZone, Utc};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{
+    EventSummary, Job, JobNext, JobState, JobSummary, NewFile, NewJob, Result, RunFilter, Store,
+    StoreError, StoredRun,
+};
+use crate::event::Event;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS events (
+    id TEXT PRIMARY KEY,
+    source TEXT NOT NULL,
+    path TEXT NOT NULL,
+    received_at INTEGER NOT NULL,
+    data TEXT NOT NULL,
+    raw BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS event_files (
+    id TEXT PRIMARY KEY,
+    event_id TEXT NOT NULL REFERENCES events(id),
+    bytes BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY,
+    event_id TEXT NOT NULL REFERENCES events(id),
+    rule TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER NOT NULL,
+    run_at INTEGER NOT NULL,
+    lease_until INTEGER,
+    updated_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_due ON jobs (state, run_at);
+CREATE INDEX IF NOT EXISTS jobs_event ON jobs (event_id);
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    job_id INTEGER NOT NULL,
+    event_id TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    status TEXT NOT NULL,
+    started_at INTEGER NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_rule ON runs (rule, started_at);
+CREATE INDEX IF NOT EXISTS runs_event ON runs (event_id);
+CREATE TABLE IF NOT EXISTS run_clients (
+    run_id TEXT NOT NULL,
+    client_id TEXT NOT NULL,
+    PRIMARY KEY (client_id, run_id)
+) WITHOUT ROWID;
+";
+
+/// The SQLite store.
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").finish_non_exhaustive()
+    }
+}
+
+fn millis(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn from_millis(ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the store file.
+    pub fn open(path: &Path) -> Result<SqliteStore> {
+        let conn = Connection::open(path).map_err(|e| StoreError::Open {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        Self::setup(conn, true)
+    }
+
+    /// A store that lives in memory, for tests and dry runs.
+    pub fn in_memory() -> Result<SqliteStore> {
+        Self::setup(Connection::open_in_memory()?, false)
+    }
+
+    fn setup(conn: Connection, file: bool) -> Result<SqliteStore> {
+        conn.busy_timeout(Duration::from_secs(5))?;
+        if file {
+            // WAL lets readers (the CLI) work beside the service; FULL syncs every
+            // commit, so a 2xx survives a crash or a power cut.
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+            conn.pragma_update(None, "synchronous", "FULL")?;
+        }
+        conn.execute_batch(SCHEMA)?;
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // No code panics while holding the lock; recover the connection if one did.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The bytes of a stored file part.
+    pub fn file(&self, id: &str) -> Result<Option<Bytes>> {
+        let conn = self.conn();
+        let bytes: Option<Vec<u8>> = conn
+            .query_row("SELECT bytes FROM event_files WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(bytes.map(Bytes::from))
+    }
+}
+
+impl Store for SqliteStore {
+    fn insert_event(&self, event: &Event, files: &[NewFile], jobs: &[NewJob]) -> Result<()> {
+        let data = serde_json::to_string(event).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let now = millis(Utc::now());
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT INTO events (id, source, path, received_at, data, raw) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                event.id,
+                event.source.as_str(),
+                event.path,
+                millis(event.received_at),
+                data,
+                event.raw.as_ref()
+            ],
+        )?;
+        for file in files {
+            tx.execute(
+                "INSERT INTO event_files (id, event_id, bytes) VALUES (?1, ?2, ?3)",
+                params![file.id, event.id, file.bytes.as_ref()],
+            )?;
+        }
+        for job in jobs {
+            tx.execute(
+                "INSERT INTO jobs (event_id, rule, state, max_attempts, run_at, updated_at)
+                 VALUES (?1, ?2, 'pending', ?3, ?4, ?4)",
+                params![event.id, job.rule, job.max_attempts, now],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn event(&self, id: &str) -> Result<Option<Event>> {
+        let conn = self.conn();
+        let row: Option<(String, Vec<u8>)> = conn
+            .query_row("SELECT data, raw FROM events WHERE id = ?1", [id], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
+        match row {
+            None => Ok(None),
+            Some((data, raw)) => {
+                let mut event: Event = serde_json::from_str(&data)
+                    .map_err(|e| StoreError::Corrupt(format!("event {id}: {e}")))?;
+                event.raw = Bytes::from(raw);
+                Ok(Some(event))
+            }
+        }
+    }
+
+    fn events(&self, rule: Option<&str>, limit: usize) -> Result<Vec<EventSummary>> {
+        let conn = self.conn();
+        let limit = limit.clamp(1, 10_000) as i64;
+        let mut stmt = conn.prepare(
+            "SELECT id, source, path, received_at FROM events e
+             WHERE ?1 IS NULL OR EXISTS (SELECT 1 FROM jobs j WHERE j.event_id = e.id AND j.rule = ?1)
+             ORDER BY received_at DESC, id DESC LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![rule, limit], |r| {
+            Ok(EventSummary {
+                id: r.get(0)?,
+                source: r.get(1)?,
+                path: r.get(2)?,
+                received_at: from_millis(r.get(3)?),
+                jobs: Vec::new(),
+            })
+        })?;
+        let mut events = rows.collect::<std::result::Result<Vec<_>, _>>()?;
+        let mut jobs = conn.prepare(
+            "SELECT id, rule, state, attempts FROM jobs WHERE event_id = ?1 ORDER BY id",
+        )?;
+        for event in &mut events {
+            let rows = jobs.query_map([&event.id], |r| {
+                let state: String = r.get(2)?;
+                Ok(JobSummary {
+                    id: r.get(0)?,
+                    rule: r.get(1)?,
+                    state: JobState::parse(&state).unwrap_or(JobState::Pending),
+                    attempts: r.get(3)?,
+                })
+            })?;
+            event.jobs = rows.collect::<std::result::Result<Vec<_>, _>>()?;
+        }
+        Ok(events)
+    }
+
+    fn claim(&self, lease: Duration) -> Result<Option<Job>> {
+        let now = millis(Utc::now());
+        let until = now.saturating_add(lease.as_millis().min(i64::MAX as u128) as i64);
+        let conn = self.conn();
+        let job = conn
+            .query_row(
+                "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_until = ?2,
+                        updated_at = ?1
+                 WHERE id = (
+                     SELECT id FROM jobs
+                     WHERE (state = 'pending' AND run_at <= ?1)
+                        OR (state = 'running' AND lease_until < ?1)
+                     ORDER BY run_at, id LIMIT 1)
+                 RETURNING id, event_id, rule, attempts, max_attempts",
+                params![now, until],
+                |r| {
+                    Ok(Job {
+                        id: r.get(0)?,
+                        event_id: r.get(1)?,
+                        rule: r.get(2)?,
+                        attempt: r.get(3)?,
+                        max_attempts: r.get(4)?,
+                    })
+                },
+            )
+            .optional()?;
+        Ok(job)
+    }
+
+    fn finish(&self, job: &Job, run: &StoredRun, next: JobNext) -> Result<()> {
+        let record =
+            serde_json::to_string(&run.record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let now = millis(Utc::now());
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT INTO runs (id, job_id, event_id, rule, status, started_at, record)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                run.id,
+                run.job_id,
+                run.event_id,
+                run.rule,
+                run.status,
+                millis(run.started_at),
+                record
+            ],
+        )?;
+        if let Some(changes) = run.record.get("changes").and_then(|c| c.as_array()) {
+            for change in changes {
+                if let Some(client) = change.get("client_id").and_then(|c| c.as_str()) {
+                    tx.execute(
+                        "INSERT OR IGNORE INTO run_clients (run_id, client_id) VALUES (?1, ?2)",
+                        params![run.id, client],
+                    )?;
+                }
+            }
+        }
+        match next {
+            JobNext::Done => tx.execute(
+                "UPDATE jobs SET state = 'done', lease_until = NULL, updated_at = ?2 WHERE id = ?1",
+                params![job.id, now],
+            )?,
+            JobNext::Dead => tx.execute(
+                "UPDATE jobs SET state = 'dead', lease_until = NULL, updated_at = ?2 WHERE id = ?1",
+                params![job.id, now],
+            )?,
+            JobNext::Retry(at) => tx.execute(
+                "UPDATE jobs SET state = 'pending', lease_until = NULL, run_at = ?2, updated_at = ?3
+                 WHERE id = ?1",
+                params![job.id, millis(at), now],
+            )?,
+        };
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn requeue_running(&self) -> Result<u64> {
+        let now = millis(Utc::now());
+        let conn = self.conn();
+        let n = conn.execute(
+            "UPDATE jobs SET state = 'pending', lease_until = NULL, run_at = ?1, updated_at = ?1
+             WHERE state = 'running'",
+            [now],
+        )?;
+        Ok(n as u64)
+    }
+
+    fn runs(&self, filter: &RunFilter) -> Result<Vec<StoredRun>> {
+        let conn = self.conn();
+        let limit = filter.limit.clamp(1, 10_000) as i64;
+        let mut stmt = conn.prepare(
+            "SELECT id, job_id, event_id, rule, status, started_at, record FROM runs r
+             WHERE (?1 IS NULL OR rule = ?1) AND (?2 IS NULL OR status = ?2)
+               AND (?3 IS NULL OR event_id = ?3)
+               AND (?4 IS NULL OR EXISTS (SELECT 1 FROM run_clients c
+                                          WHERE c.client_id = ?4 AND c.run_id = r.id))
+             ORDER BY started_at DESC, id DESC LIMIT ?5",
+        )?;
+        let rows = stmt.query_map(
+            params![
+                filter.rule,
+                filter.status,
+                filter.event_id,
+                filter.client_id,
+                limit
+            ],
+            stored_run,
+        )?;
+        Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
+    }
+
+    fn run(&self, id: &str) -> Result<Option<StoredRun>> {
+        let conn = self.conn();
+        Ok(conn
+            .query_row(
+                "SELECT id, job_id, event_id, rule, status, started_at, record FROM runs WHERE id = ?1",
+                [id],
+                stored_run,
+            )
+            .optional()?)
+    }
+
+    fn pending_jobs(&self) -> Result<u64> {
+        let conn = self.conn();
+        let n: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM jobs WHERE state IN ('pending', 'running')",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(n.max(0) as u64)
+    }
+
+    fn ping(&self) -> Result<()> {
+        let conn = self.conn();
+        conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?;
+        Ok(())
+    }
+}
+
+fn stored_run(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRun> {
+    let record: String = r.get(6)?;
+    Ok(StoredRun {
+        id: r.get(0)?,
+        job_id: r.get(1)?,
+        event_id: r.get(2)?,
+        rule: r.get(3)?,
+        status: r.get(4)?,
+        started_at: from_millis(r.get(5)?),
+        record: serde_json::from_str(&record).unwrap_or(serde_json::Value::Null),
+    })
+}

@@ -1,0 +1,6 @@
+//! Triggers: what turns outside input into events. Webhooks arrive over HTTP and are
+//! verified, decoded and stored before they are answered.
+
+pub mod decode;
+pub mod verify;
+pub mod webhook;

@@ -1,0 +1,214 @@
+//! The webhook trigger: `POST <path>` of a rule becomes a stored event and a job,
+//! answered 202 (or the rule's redirect) only once both are committed.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use serde_json::{Map, Value, json};
+use tracing::{debug, error, trace};
+
+use super::decode::{self, DecodeError};
+use super::verify;
+use crate::event::{Event, FileMeta, Source};
+use crate::server::AppState;
+use crate::store::{NewFile, NewJob};
+use crate::worker::current_rules;
+
+/// A JSON error answer: `{"error": "..."}`.
+pub fn error_response(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+/// Headers as a script sees them: lowercase names, repeated values joined by `, `.
+pub fn header_map(headers: &HeaderMap) -> Map<String, Value> {
+    let mut map: Map<String, Value> = Map::new();
+    for (name, value) in headers {
+        let text = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        match map.get_mut(name.as_str()) {
+            Some(Value::String(existing)) => {
+                existing.push_str(", ");
+                existing.push_str(&text);
+            }
+            _ => {
+                map.insert(name.as_str().to_owned(), Value::String(text));
+            }
+        }
+    }
+    map
+}
+
+/// Query parameters with the form nesting rules.
+pub fn query_map(query: Option<&str>) -> Map<String, Value> {
+    let pairs = form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()));
+    match decode::nest_pairs(pairs) {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    }
+}
+
+/// Every request that no other route takes: a rule's webhook, or 404.
+pub async fn handle(State(app): State<Arc<AppState>>, request: Request) -> Response {
+    let path = request.uri().path().to_owned();
+    let rules = current_rules(&app.rules);
+    let Some(rule) = rules.by_path(&path).cloned() else {
+        trace!(path = %path, "no rule for this path");
+        return error_response(StatusCode::NOT_FOUND, format!("no rule listens on {path}"));
+    };
+    let Some(hook) = rule.webhook().cloned() else {
+        return error_response(StatusCode::NOT_FOUND, format!("no rule listens on {path}"));
+    };
+    if request.method() != Method::POST {
+        let mut response = error_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{path} accepts POST, not {}", request.method()),
+        );
+        response
+            .headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static("POST"));
+        return response;
+    }
+
+    let (parts, body) = request.into_parts();
+    let too_large = || {
+        error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("expected a body of at most {} bytes", app.body_limit),
+        )
+    };
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > app.body_limit as u64) {
+        return too_large();
+    }
+    let raw = match axum::body::to_bytes(Body::new(body), app.body_limit).await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            let length_error = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if length_error || e.to_string().contains("length limit") {
+                return too_large();
+            }
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "the request body could not be read",
+            );
+        }
+    };
+
+    if let Some(check) = &hook.hmac {
+        let header = parts
+            .headers
+            .get(check.header.as_str())
+            .and_then(|v| v.to_str().ok());
+        if let Err(reason) = verify::check_hmac(check, header, &raw) {
+            debug!(rule = %rule.name, reason = %reason, "delivery failed verification");
+            return error_response(StatusCode::UNAUTHORIZED, "unauthorized");
+        }
+    }
+
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let decoded =
+        match decode::decode(content_type.as_deref(), raw.clone(), &app.decode_limits).await {
+            Ok(decoded) => decoded,
+            Err(e) => {
+                let status = match e {
+                    DecodeError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    DecodeError::Malformed { .. } => StatusCode::BAD_REQUEST,
+                };
+                trace!(rule = %rule.name, error = %e, "undecodable body");
+                return error_response(status, e.to_string());
+            }
+        };
+
+    let mut files = Vec::new();
+    let mut metas = Vec::new();
+    for file in decoded.files {
+        let id = Event::new_id();
+        metas.push(FileMeta {
+            id: id.clone(),
+            field: file.field,
+            filename: file.filename,
+            content_type: file.content_type,
+            size: file.bytes.len() as u64,
+        });
+        files.push(NewFile {
+            id,
+            bytes: file.bytes,
+        });
+    }
+    let event = Event {
+        id: Event::new_id(),
+        source: Source::Webhook,
+        received_at: Utc::now(),
+        path: path.clone(),
+        method: parts.method.to_string(),
+        query: query_map(parts.uri.query()),
+        headers: header_map(&parts.headers),
+        body: decoded.body,
+        files: metas,
+        raw,
+    };
+    let jobs = vec![NewJob {
+        rule: rule.name.clone(),
+        max_attempts: rule.retry.attempts,
+    }];
+
+    // The event and its job are durable before the answer; a store that cannot commit
+    // gets the sender to try again.
+    let store = app.store.clone();
+    let stored = {
+        let event = event.clone();
+        tokio::task::spawn_blocking(move || store.insert_event(&event, &files, &jobs)).await
+    };
+    match stored {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            error!(rule = %rule.name, error = %e, "cannot store the event; answering 503");
+            return error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the event could not be stored; try again",
+            );
+        }
+        Err(e) => {
+            error!(rule = %rule.name, error = %e, "the store task failed; answering 503");
+            return error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the event could not be stored; try again",
+            );
+        }
+    }
+    app.wake.notify();
+    debug!(rule = %rule.name, event_id = %event.id, "event stored");
+
+    if let Some(url) = &hook.redirect {
+        return match header::HeaderValue::from_str(url) {
+            Ok(location) => {
+                let mut response = StatusCode::SEE_OTHER.into_response();
+                response.headers_mut().insert(header::LOCATION, location);
+                response
+            }
+            Err(_) => (
+                StatusCode::ACCEPTED,
+                Json(json!({"event_id": event.id, "duplicate": false})),
+            )
+                .into_response(),
+        };
+    }
+    (
+        StatusCode::ACCEPTED,
+        Json(json!({ "event_id": event.id, "duplicate": false })),
+    )
+        .into_response()
+}

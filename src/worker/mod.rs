@@ -1,0 +1,307 @@
+//! Workers: threads that claim jobs from the store, run the rule's script on the
+//! event, record the run, and decide whether the job is done, retried or dead.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use serde_json::{Value, json};
+use tracing::{debug, error, info, info_span, warn};
+
+use crate::clients::Backend;
+use crate::clients::session::{Mode, Session};
+use crate::rules::{Rule, RuleSet};
+use crate::script::{self, Outcome, RunStatus};
+use crate::store::{Job, JobNext, Store, StoredRun};
+
+/// The rules in force, swapped whole when they are reloaded.
+pub type SharedRules = Arc<RwLock<Arc<RuleSet>>>;
+
+/// How long a worker waits for a wake-up before it looks for due jobs again (retries
+/// become due without anyone waking the workers).
+const IDLE_POLL: Duration = Duration::from_millis(500);
+
+/// Wakes idle workers when a new job is stored.
+#[derive(Debug, Default)]
+pub struct Wake {
+    pending: Mutex<bool>,
+    signal: Condvar,
+}
+
+impl Wake {
+    pub fn notify(&self) {
+        *self.pending.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.signal.notify_all();
+    }
+
+    fn wait(&self, timeout: Duration) {
+        let guard = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let (mut guard, _) = self
+            .signal
+            .wait_timeout_while(guard, timeout, |pending| !*pending)
+            .unwrap_or_else(|p| p.into_inner());
+        *guard = false;
+    }
+}
+
+/// What every worker shares.
+#[derive(Clone)]
+pub struct Context {
+    pub store: Arc<dyn Store>,
+    pub rules: SharedRules,
+    pub backend: Arc<dyn Backend>,
+    pub wake: Arc<Wake>,
+    /// Set on shutdown: no new job is claimed.
+    pub stopping: Arc<AtomicBool>,
+    /// Set when the grace period is over: running scripts end at once.
+    pub cancel: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").finish_non_exhaustive()
+    }
+}
+
+/// A running pool of worker threads.
+#[derive(Debug)]
+pub struct Pool {
+    context: Context,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Pool {
+    /// Starts `size` workers.
+    pub fn start(context: Context, size: usize) -> std::io::Result<Pool> {
+        let mut threads = Vec::new();
+        for n in 0..size.max(1) {
+            let ctx = context.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("worker-{n}"))
+                .spawn(move || worker_loop(&ctx))?;
+            threads.push(handle);
+        }
+        Ok(Pool { context, threads })
+    }
+
+    /// Stops claiming jobs, lets running ones finish within `grace`, then cancels the
+    /// rest; cancelled jobs run again after the next start.
+    pub fn shutdown(self, grace: Duration) {
+        self.context.stopping.store(true, Ordering::SeqCst);
+        self.context.wake.notify();
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline && self.threads.iter().any(|t| !t.is_finished()) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.context.cancel.store(true, Ordering::SeqCst);
+        for thread in self.threads {
+            if thread.join().is_err() {
+                error!("a worker thread panicked");
+            }
+        }
+    }
+}
+
+fn worker_loop(ctx: &Context) {
+    while !ctx.stopping.load(Ordering::SeqCst) {
+        let lease = Duration::from_secs(60) + max_timeout(ctx);
+        match ctx.store.claim(lease) {
+            Ok(Some(job)) => execute(ctx, job),
+            Ok(None) => ctx.wake.wait(IDLE_POLL),
+            Err(e) => {
+                error!(error = %e, "cannot claim jobs; trying again in a second");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+fn max_timeout(ctx: &Context) -> Duration {
+    current_rules(&ctx.rules)
+        .rules()
+        .iter()
+        .map(|r| r.limits.timeout)
+        .max()
+        .unwrap_or(Duration::from_secs(10))
+}
+
+/// The rule set in force.
+pub fn current_rules(rules: &SharedRules) -> Arc<RuleSet> {
+    rules.read().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+/// Runs one claimed job to its end and records it.
+pub fn execute(ctx: &Context, job: Job) {
+    let run_id = uuid::Uuid::now_v7().to_string();
+    let span = info_span!("job", rule = %job.rule, event_id = %job.event_id, run_id = %run_id);
+    let _entered = span.enter();
+    let started_at = Utc::now();
+
+    let rules = current_rules(&ctx.rules);
+    let event = match ctx.store.event(&job.event_id) {
+        Ok(Some(event)) => event,
+        Ok(None) => {
+            let record = failure_record(&job, "the event of this job is missing from the store");
+            finish(
+                ctx,
+                &job,
+                &run_id,
+                started_at,
+                RunStatus::Failed,
+                record,
+                JobNext::Dead,
+            );
+            return;
+        }
+        Err(e) => {
+            // The lease runs out and the job is claimed again.
+            error!(error = %e, "cannot read the event; the job will be tried again");
+            return;
+        }
+    };
+    let Some(rule) = rules.get(&job.rule).cloned() else {
+        let record = failure_record(&job, &format!("rule {} is no longer loaded", job.rule));
+        finish(
+            ctx,
+            &job,
+            &run_id,
+            started_at,
+            RunStatus::Failed,
+            record,
+            JobNext::Dead,
+        );
+        return;
+    };
+
+    let session = Arc::new(Session::new(
+        ctx.backend.clone(),
+        Mode::Live,
+        rule.limits.max_api_calls,
+        rule.limits.max_changes,
+    ));
+    let outcome = script::run(
+        &rule,
+        &event.to_script_value(),
+        session.clone(),
+        Some(ctx.cancel.clone()),
+    );
+    let next = next_step(&rule, &job, &outcome);
+    let record = run_record(&job, &run_id, started_at, &outcome, &session, next);
+    match outcome.status {
+        RunStatus::Failed => {
+            let message = outcome
+                .error
+                .as_ref()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            match next {
+                JobNext::Retry(at) => {
+                    warn!(attempt = job.attempt, retry_at = %at, error = %message, "run failed; retrying")
+                }
+                _ => {
+                    warn!(attempt = job.attempt, error = %message, "run failed; the job is a dead letter")
+                }
+            }
+        }
+        status => debug!(
+            status = status.as_str(),
+            millis = outcome.duration.as_millis() as u64,
+            "run finished"
+        ),
+    }
+    finish(ctx, &job, &run_id, started_at, outcome.status, record, next);
+}
+
+/// Done, retried later, or dead, from how the run ended.
+fn next_step(rule: &Rule, job: &Job, outcome: &Outcome) -> JobNext {
+    if outcome.status != RunStatus::Failed {
+        return JobNext::Done;
+    }
+    if !outcome.retryable {
+        return JobNext::Dead;
+    }
+    let attempts = job.max_attempts.max(1).min(rule.retry.attempts.max(1));
+    if job.attempt >= attempts {
+        return JobNext::Dead;
+    }
+    let base = rule.retry.delay_after(job.attempt);
+    // Full jitter on half the delay, so that retries of one outage spread out.
+    let jitter = base.mul_f64(fastrand::f64() * 0.5);
+    let delay = base / 2 + jitter;
+    let delay = chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::seconds(5));
+    JobNext::Retry(Utc::now() + delay)
+}
+
+fn run_record(
+    job: &Job,
+    run_id: &str,
+    started_at: chrono::DateTime<Utc>,
+    outcome: &Outcome,
+    session: &Session,
+    next: JobNext,
+) -> Value {
+    let next = match next {
+        JobNext::Done => json!({"state": "done"}),
+        JobNext::Dead => json!({"state": "dead"}),
+        JobNext::Retry(at) => json!({"state": "retry", "at": at}),
+    };
+    json!({
+        "id": run_id,
+        "job_id": job.id,
+        "event_id": job.event_id,
+        "rule": job.rule,
+        "attempt": job.attempt,
+        "mode": "live",
+        "status": outcome.status,
+        "reason": outcome.reason,
+        "started_at": started_at,
+        "duration_ms": outcome.duration.as_millis() as u64,
+        "error": outcome.error,
+        "retryable": outcome.retryable,
+        "next": next,
+        "logs": outcome.logs,
+        "api_calls": session.calls(),
+        "changes": session.changes(),
+    })
+}
+
+fn failure_record(job: &Job, message: &str) -> Value {
+    json!({
+        "job_id": job.id,
+        "event_id": job.event_id,
+        "rule": job.rule,
+        "attempt": job.attempt,
+        "status": "failed",
+        "error": {"message": message},
+        "logs": [],
+        "api_calls": [],
+        "changes": [],
+    })
+}
+
+fn finish(
+    ctx: &Context,
+    job: &Job,
+    run_id: &str,
+    started_at: chrono::DateTime<Utc>,
+    status: RunStatus,
+    record: Value,
+    next: JobNext,
+) {
+    let run = StoredRun {
+        id: run_id.to_owned(),
+        job_id: job.id,
+        event_id: job.event_id.clone(),
+        rule: job.rule.clone(),
+        status: status.as_str().to_owned(),
+        started_at,
+        record,
+    };
+    if let Err(e) = ctx.store.finish(job, &run, next) {
+        error!(error = %e, "cannot record the run; the job will run again when its lease ends");
+    } else if next == JobNext::Dead {
+        info!(attempt = job.attempt, "job moved to the dead letters");
+    }
+}
