@@ -152,8 +152,9 @@ impl Loader {
         let file: RuleFile = match serde_yaml::from_str(text) {
             Ok(file) => file,
             Err(e) => {
-                // A duplicate struct key is already reported, with a better position.
-                if !(had_structure_errors && e.to_string().starts_with("duplicate field")) {
+                // Duplicate keys and extra documents are already reported, with better
+                // positions.
+                if !had_structure_errors {
                     self.schema_error(&e, &spans);
                 }
                 return None;
@@ -787,5 +788,350 @@ fn describe_expected(expected: &str) -> String {
         "a map" => "a mapping of keys".into(),
         "a sequence" => "a list".into(),
         other => other.to_owned(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::rules::RuleSet;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn env(name: &str) -> Option<String> {
+        (name == "FORM_SECRET").then(|| "s3cret".to_owned())
+    }
+
+    /// Loads one rule text from a temporary file; returns the rule and the errors.
+    fn load_text(text: &str) -> (Option<Rule>, Vec<Diagnostic>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rule.yaml");
+        std::fs::write(&path, text).unwrap();
+        let (loaded, diagnostics) = load_file(&path, &env);
+        let errors = diagnostics
+            .into_iter()
+            .filter(Diagnostic::is_error)
+            .collect();
+        (loaded.map(|l| l.rule), errors)
+    }
+
+    fn only_error(text: &str) -> Diagnostic {
+        let (rule, errors) = load_text(text);
+        assert!(rule.is_none(), "expected the rule to fail to load");
+        assert_eq!(errors.len(), 1, "expected one error, got {errors:#?}");
+        errors.into_iter().next().unwrap()
+    }
+
+    const GOOD: &str = "name: lead\non:\n  webhook: {}\nscript: |\n  let x = 1;\n";
+
+    #[test]
+    fn a_minimal_rule_loads_with_defaults() {
+        let (rule, errors) = load_text(GOOD);
+        assert!(errors.is_empty(), "{errors:#?}");
+        let rule = rule.unwrap();
+        assert_eq!(rule.webhook().unwrap().path, "/hooks/lead");
+        assert_eq!(rule.limits.timeout, Duration::from_secs(10));
+        assert_eq!(rule.warnings.len(), 1, "an open endpoint is a warning");
+    }
+
+    #[test]
+    fn unknown_key_suggests_the_nearest() {
+        let d = only_error("name: lead\non:\n  webhook: {}\nscirpt: |\n  let x = 1;\n");
+        assert_eq!((d.line, d.column), (4, 1));
+        assert!(d.message.contains("unknown key `scirpt`"), "{}", d.message);
+        assert!(d.help.unwrap().contains("did you mean `script`?"));
+        assert_eq!(
+            d.rule, None,
+            "the rule's name is unknown until the file parses"
+        );
+    }
+
+    #[test]
+    fn unknown_nested_key_names_its_place() {
+        let d = only_error("name: lead\non:\n  webhook:\n    pth: /x\nscript: \"let x = 1;\"\n");
+        assert_eq!((d.line, d.column), (4, 5));
+        assert!(d.message.contains("in `on.webhook`"), "{}", d.message);
+        assert!(d.help.unwrap().contains("`path`"));
+    }
+
+    #[test]
+    fn duplicate_keys_are_errors_at_the_second() {
+        let d = only_error("name: lead\nname: other\non:\n  webhook: {}\nscript: \"let x = 1;\"\n");
+        assert_eq!(d.line, 2);
+        assert!(d.message.contains("duplicate key `name`"), "{}", d.message);
+        let d = only_error(
+            "name: lead\non:\n  webhook: {}\nvars:\n  a: 1\n  a: 2\nscript: \"let x = 1;\"\n",
+        );
+        assert_eq!(d.line, 6);
+    }
+
+    #[test]
+    fn wrong_types_say_what_was_expected_and_found() {
+        let d = only_error(
+            "name: lead\non:\n  webhook: {}\nlimits:\n  max_api_calls: lots\nscript: \"let x = 1;\"\n",
+        );
+        assert_eq!(d.line, 5);
+        assert!(
+            d.message.contains("expected a whole number"),
+            "{}",
+            d.message
+        );
+        assert!(d.message.contains("found string"), "{}", d.message);
+    }
+
+    #[test]
+    fn a_tab_is_a_syntax_error_with_help() {
+        let d = only_error("name: lead\non:\n\twebhook: {}\nscript: \"let x = 1;\"\n");
+        assert_eq!(d.line, 3);
+        assert!(d.help.unwrap().contains("spaces"));
+    }
+
+    #[test]
+    fn bad_indentation_is_a_syntax_error() {
+        let d = only_error(
+            "name: lead\non:\n  webhook:\n    path: /a\n   respond: {}\nscript: \"let x = 1;\"\n",
+        );
+        assert!(d.message.contains("YAML syntax error"), "{}", d.message);
+        assert!(d.line >= 4, "{d:?}");
+    }
+
+    #[test]
+    fn missing_required_keys() {
+        let d = only_error("on:\n  webhook: {}\nscript: \"let x = 1;\"\n");
+        assert!(d.message.contains("missing key `name`"), "{}", d.message);
+        let d = only_error("name: lead\non:\n  webhook: {}\n");
+        assert!(d.message.contains("missing key `script`"), "{}", d.message);
+        let d = only_error("   \n");
+        assert!(d.message.contains("empty"), "{}", d.message);
+    }
+
+    #[test]
+    fn invalid_names_and_paths() {
+        let d = only_error("name: Lead_1\non:\n  webhook: {}\nscript: \"let x = 1;\"\n");
+        assert!(d.message.contains("invalid rule name"), "{}", d.message);
+        assert_eq!(d.line, 1);
+        let d =
+            only_error("name: lead\non:\n  webhook:\n    path: hooks/x\nscript: \"let x = 1;\"\n");
+        assert!(d.message.contains("starts with `/`"), "{}", d.message);
+        assert_eq!((d.line, d.column), (4, 11));
+        let d =
+            only_error("name: lead\non:\n  webhook:\n    path: /api/x\nscript: \"let x = 1;\"\n");
+        assert!(
+            d.message.contains("belongs to the service"),
+            "{}",
+            d.message
+        );
+    }
+
+    #[test]
+    fn unset_environment_variable_is_an_error() {
+        let text = "name: lead\non:\n  webhook:\n    verify:\n      hmac:\n        secret: ${NOPE}\n        header: X-Sig\nscript: \"let x = 1;\"\n";
+        let d = only_error(text);
+        assert!(d.message.contains("`NOPE` is not set"), "{}", d.message);
+        assert_eq!(d.line, 6);
+        let ok = text.replace("NOPE", "FORM_SECRET");
+        let (rule, errors) = load_text(&ok);
+        assert!(errors.is_empty(), "{errors:#?}");
+        let hmac = rule.unwrap().webhook().unwrap().hmac.clone().unwrap();
+        assert_eq!(hmac.secret, b"s3cret");
+        assert_eq!(hmac.header, "x-sig");
+    }
+
+    #[test]
+    fn substitution_rules() {
+        let lookup = |name: &str| (name == "A").then(|| "1".to_owned());
+        assert_eq!(substitute("x${A}y", &lookup).unwrap(), "x1y");
+        assert_eq!(substitute("$${A} $5", &lookup).unwrap(), "${A} $5");
+        assert_eq!(
+            substitute("${B}", &lookup),
+            Err(EnvProblem::Unset("B".into()))
+        );
+        assert!(matches!(
+            substitute("${A", &lookup),
+            Err(EnvProblem::Malformed(_))
+        ));
+        assert!(matches!(
+            substitute("${1A}", &lookup),
+            Err(EnvProblem::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn script_errors_point_into_the_yaml_file() {
+        // The error is on the script's third line, which is line 7 of the file.
+        let text =
+            "name: lead\non:\n  webhook: {}\nscript: |\n  let a = 1;\n  let b = 2;\n  let c = ;\n";
+        let d = only_error(text);
+        assert!(d.message.starts_with("script error"), "{}", d.message);
+        assert_eq!(d.line, 7);
+        assert_eq!(d.column, 11);
+        assert_eq!(d.rule.as_deref(), Some("lead"));
+        assert!(d.render().contains("let c = ;"));
+    }
+
+    #[test]
+    fn undefined_variables_are_caught_at_load() {
+        let d = only_error(
+            "name: lead\non:\n  webhook: {}\nscript: |\n  clients::tag(client, \"x\");\n",
+        );
+        assert_eq!(d.line, 5);
+        assert!(d.message.contains("client"), "{}", d.message);
+    }
+
+    #[test]
+    fn unknown_module_functions_are_caught_at_load() {
+        let d = only_error(
+            "name: lead\non:\n  webhook: {}\nscript: |\n  let c = clients::upsret(#{});\n",
+        );
+        assert_eq!((d.line, d.column), (5, 20));
+        assert!(
+            d.message.contains("unknown function `clients::upsret`"),
+            "{}",
+            d.message
+        );
+        assert!(d.help.unwrap().contains("clients::upsert"));
+        let d = only_error("name: lead\non:\n  webhook: {}\nscript: |\n  files::read(\"x\");\n");
+        assert!(
+            d.message.contains("unknown module `files`"),
+            "{}",
+            d.message
+        );
+    }
+
+    #[test]
+    fn eval_and_import_do_not_compile() {
+        let (rule, errors) =
+            load_text("name: lead\non:\n  webhook: {}\nscript: |\n  eval(\"1\");\n");
+        assert!(rule.is_none() && !errors.is_empty());
+        let (rule, errors) =
+            load_text("name: lead\non:\n  webhook: {}\nscript: |\n  import \"x\" as y;\n");
+        assert!(rule.is_none() && !errors.is_empty());
+    }
+
+    #[test]
+    fn when_is_compiled_at_load() {
+        let d = only_error(
+            "name: lead\non:\n  webhook: {}\nwhen: event.body.email !=\nscript: \"let x = 1;\"\n",
+        );
+        assert_eq!(d.line, 4);
+    }
+
+    #[test]
+    fn bad_durations_and_limits() {
+        let d = only_error(
+            "name: lead\non:\n  webhook: {}\nlimits:\n  timeout: soon\nscript: \"let x = 1;\"\n",
+        );
+        assert!(d.message.contains("expected a duration"), "{}", d.message);
+        let d = only_error(
+            "name: lead\non:\n  webhook: {}\nlimits:\n  timeout: 2h\nscript: \"let x = 1;\"\n",
+        );
+        assert!(d.message.contains("from 1ms to 5m"), "{}", d.message);
+        let d = only_error(
+            "name: lead\non:\n  webhook: {}\nlimits:\n  max_api_calls: 0\nscript: \"let x = 1;\"\n",
+        );
+        assert!(d.message.contains("from 1 to"), "{}", d.message);
+    }
+
+    #[test]
+    fn triggers_must_be_exactly_one() {
+        let d = only_error("name: lead\non: {}\nscript: \"let x = 1;\"\n");
+        assert!(d.message.contains("names no trigger"), "{}", d.message);
+        let d = only_error(
+            "name: lead\non:\n  schedule:\n    cron: '* * * * *'\nscript: \"let x = 1;\"\n",
+        );
+        assert!(d.message.contains("not supported"), "{}", d.message);
+    }
+
+    #[test]
+    fn script_and_script_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("scripts")).unwrap();
+        std::fs::write(dir.path().join("scripts/a.rhai"), "let x = 1;\nlet y = ;\n").unwrap();
+        let path = dir.path().join("a.yaml");
+        std::fs::write(
+            &path,
+            "name: a\non:\n  webhook: {}\nscript_file: scripts/a.rhai\n",
+        )
+        .unwrap();
+        let (_, diagnostics) = load_file(&path, &no_env);
+        let error = diagnostics.iter().find(|d| d.is_error()).unwrap();
+        assert!(error.file.ends_with("scripts/a.rhai"), "{error:?}");
+        assert_eq!(error.line, 2);
+
+        std::fs::write(
+            &path,
+            "name: a\non:\n  webhook: {}\nscript_file: missing.rhai\n",
+        )
+        .unwrap();
+        let (_, diagnostics) = load_file(&path, &no_env);
+        assert!(
+            diagnostics
+                .iter()
+                .any(|d| d.message.contains("cannot read script file"))
+        );
+
+        let d = only_error(
+            "name: lead\non:\n  webhook: {}\nscript: \"let x = 1;\"\nscript_file: y.rhai\n",
+        );
+        assert!(d.message.contains("both"), "{}", d.message);
+    }
+
+    #[test]
+    fn a_folder_reports_every_file_and_clashes_between_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+        write(
+            "a.yaml",
+            "name: lead\non:\n  webhook:\n    path: /hooks/x\nscript: \"let x = 1;\"\n",
+        );
+        write(
+            "b.yaml",
+            "name: lead\non:\n  webhook:\n    path: /hooks/y\nscript: \"let x = 1;\"\n",
+        );
+        write(
+            "c.yaml",
+            "name: other\non:\n  webhook:\n    path: /hooks/x\nscript: \"let x = 1;\"\n",
+        );
+        write("d.yaml", "name: broken\non:\n  webhook: {}\nscirpt: x\n");
+        write("e.yaml", "name: [\n");
+        write("notes.txt", "not a rule");
+        let report = load_dir(dir.path(), &no_env).unwrap();
+        assert_eq!(report.files, 5);
+        let set = RuleSet::from_report(report);
+        let errors: Vec<_> = set.errors().collect();
+        assert_eq!(set.rules().len(), 1, "only a.yaml's rule loads");
+        assert_eq!(errors.len(), 4, "{errors:#?}");
+        assert!(
+            errors
+                .iter()
+                .any(|d| d.message.contains("duplicate rule name `lead`"))
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|d| d.message.contains("already used by rule `lead`"))
+        );
+        assert!(errors.iter().any(|d| d.file.ends_with("d.yaml")));
+        assert!(errors.iter().any(|d| d.file.ends_with("e.yaml")));
+    }
+
+    #[test]
+    fn a_second_document_is_refused() {
+        let d = only_error("name: a\non:\n  webhook: {}\nscript: \"let x = 1;\"\n---\nname: b\n");
+        assert!(d.message.contains("second YAML document"), "{}", d.message);
+    }
+
+    #[test]
+    fn vars_resolve_environment_variables() {
+        let (rule, errors) = load_text(
+            "name: lead\non:\n  webhook: {}\nvars:\n  key: ${FORM_SECRET}\n  list: [\"$${x}\"]\nscript: \"let x = 1;\"\n",
+        );
+        assert!(errors.is_empty(), "{errors:#?}");
+        let rule = rule.unwrap();
+        assert_eq!(rule.vars["key"], "s3cret");
+        assert_eq!(rule.vars["list"][0], "${x}");
     }
 }

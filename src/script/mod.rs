@@ -105,6 +105,10 @@ fn parse_diagnostic(origin: &Origin, e: &rhai::ParseError) -> Diagnostic {
     let message = format!("script error: {}", e.err_type());
     let mut d =
         Diagnostic::error(&origin.file, line, column, message).with_source(origin.source.clone());
+    if let rhai::ParseErrorType::ModuleUndefined(name) = e.err_type() {
+        d.message = format!("script error: unknown module `{name}`");
+        d.help = Some("scripts can use the modules clients, log, json and text".into());
+    }
     if let rhai::ParseErrorType::VariableUndefined(name) = e.err_type() {
         d.help = Some(if name == "client" || name == "clients" {
             format!("`{name}` is not defined here; scripts see `event` and `vars`")

@@ -39,8 +39,22 @@ pub const MODULES: &[(&str, &[&str])] = &[
 pub fn unknown_calls(ast: &AST) -> Vec<(Position, String, Option<String>)> {
     let mut problems = Vec::new();
     ast.walk(&mut |path| {
+        if let Some(rhai::ASTNode::Stmt(rhai::Stmt::Import(_, pos))) = path.last() {
+            problems.push((
+                *pos,
+                "`import` is not available in rule scripts".to_owned(),
+                Some("scripts use the built-in modules clients, log, json and text".to_owned()),
+            ));
+        }
         if let Some(rhai::ASTNode::Expr(rhai::Expr::FnCall(call, pos))) = path.last() {
             if call.namespace.path.is_empty() {
+                if call.name == "eval" {
+                    problems.push((
+                        *pos,
+                        "`eval` is not available in rule scripts".to_owned(),
+                        None,
+                    ));
+                }
                 return true;
             }
             let module = call.namespace.root();
