@@ -13,7 +13,7 @@ use serde_json::{Map, Value, json};
 use crate::clients::session::{Mode, Session};
 use crate::clients::{ListQuery, Sort};
 use crate::event::Event;
-use crate::rules::{RuleSet, load};
+use crate::rules::{self, RuleSet, load};
 use crate::script::{self, RunStatus};
 use crate::settings::Settings;
 use crate::triggers::decode;
@@ -40,6 +40,13 @@ pub enum Command {
     Validate {
         /// Folder of rule files (default: the rules setting).
         dir: Option<PathBuf>,
+        #[arg(long, env = "CLIENTRULES_RULES", default_value = "./rules")]
+        rules: PathBuf,
+    },
+    /// Run the tests kept in rule files.
+    Test {
+        /// Rule files or folders (default: the rules setting).
+        paths: Vec<PathBuf>,
         #[arg(long, env = "CLIENTRULES_RULES", default_value = "./rules")]
         rules: PathBuf,
     },
@@ -104,6 +111,10 @@ pub fn run_command(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Serve { .. } => bail!("serve runs on the async runtime"),
         Command::Validate { dir, rules } => validate(&dir.unwrap_or(rules)),
+        Command::Test { paths, rules } => {
+            let paths = if paths.is_empty() { vec![rules] } else { paths };
+            test_rules(&paths)
+        }
         Command::Run {
             rule,
             event,
@@ -149,6 +160,105 @@ fn validate(dir: &Path) -> anyhow::Result<ExitCode> {
         plural(warnings)
     );
     Ok(ExitCode::SUCCESS)
+}
+
+fn test_rules(paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let mut report = load::LoadReport::default();
+    for path in paths {
+        if path.is_dir() {
+            let mut part = load::load_dir(path, &load::process_env)
+                .with_context(|| format!("cannot read the rules folder {}", path.display()))?;
+            report.files += part.files;
+            report.rules.append(&mut part.rules);
+            report.diagnostics.append(&mut part.diagnostics);
+        } else {
+            let (loaded, mut diagnostics) = load::load_file(path, &load::process_env);
+            report.files += 1;
+            report.rules.extend(loaded);
+            report.diagnostics.append(&mut diagnostics);
+        }
+    }
+    let set = RuleSet::from_report(report);
+    let load_errors: Vec<_> = set.errors().collect();
+    for d in &load_errors {
+        eprint!("{}", d.render());
+    }
+
+    let cases: Vec<(&crate::rules::Rule, &crate::rules::TestSpec)> = set
+        .rules()
+        .iter()
+        .flat_map(|rule| rule.tests.iter().map(move |t| (rule.as_ref(), t)))
+        .collect();
+    let untested: Vec<&str> = set
+        .rules()
+        .iter()
+        .filter(|r| r.tests.is_empty())
+        .map(|r| r.name.as_str())
+        .collect();
+    println!("\nrunning {} test{}", cases.len(), plural(cases.len()));
+
+    // Tests are independent (each has its own store): run them on every core.
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..threads.min(cases.len().max(1)) {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some((rule, test)) = cases.get(i) else {
+                        break;
+                    };
+                    let result = rules::testing::run_test(rule, test);
+                    println!(
+                        "test {} › {} ... {}",
+                        result.rule,
+                        result.test,
+                        if result.passed() { "ok" } else { "FAILED" }
+                    );
+                    results
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(result);
+                }
+            });
+        }
+    });
+    let results = results.into_inner().unwrap_or_else(|p| p.into_inner());
+    let failed: Vec<_> = results.iter().filter(|r| !r.passed()).collect();
+    if !failed.is_empty() {
+        println!("\nfailures:");
+        for result in &failed {
+            println!("\n---- {} › {} ----", result.rule, result.test);
+            for failure in &result.failures {
+                println!("  {failure}");
+            }
+        }
+    }
+    if !untested.is_empty() {
+        println!("\nrules without tests: {}", untested.join(", "));
+    }
+    let passed = results.len() - failed.len();
+    let ok = failed.is_empty() && load_errors.is_empty();
+    println!(
+        "\ntest result: {}. {passed} passed; {} failed{}",
+        if ok { "ok" } else { "FAILED" },
+        failed.len(),
+        if load_errors.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; {} rule file error{}",
+                load_errors.len(),
+                plural(load_errors.len())
+            )
+        }
+    );
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn plural(n: usize) -> &'static str {

@@ -5,6 +5,7 @@ pub mod diagnostic;
 pub mod file;
 pub mod load;
 pub mod spans;
+pub mod testing;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
