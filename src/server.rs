@@ -26,6 +26,9 @@ pub struct AppState {
     pub body_limit: usize,
     pub decode_limits: DecodeLimits,
     pub admin_token: Option<String>,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub metrics: Arc<crate::admin::metrics::Metrics>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -103,6 +106,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     }
     let store: Arc<dyn Store> = store;
 
+    let metrics = Arc::new(crate::admin::metrics::Metrics::default());
     let shared: SharedRules = Arc::new(RwLock::new(Arc::new(rules)));
     let wake = Arc::new(Wake::default());
     let context = worker::Context {
@@ -112,6 +116,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         wake: wake.clone(),
         stopping: Arc::new(AtomicBool::new(false)),
         cancel: Arc::new(AtomicBool::new(false)),
+        metrics: metrics.clone(),
     };
     let pool = Pool::start(context, settings.workers).context("cannot start the workers")?;
 
@@ -122,6 +127,8 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         body_limit: settings.body_limit,
         decode_limits: DecodeLimits::default(),
         admin_token: settings.admin_token.clone(),
+        trusted_proxies: settings.trusted_proxies.clone(),
+        metrics,
     });
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await

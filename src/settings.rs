@@ -33,6 +33,10 @@ pub struct Settings {
     #[arg(long, env = "CLIENTRULES_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
+    /// Proxies (addresses or CIDR ranges) whose X-Forwarded-For names the sender.
+    #[arg(long = "trusted-proxy", env = "CLIENTRULES_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_net)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+
     /// Seconds that running jobs get to finish on shutdown.
     #[arg(long, env = "CLIENTRULES_SHUTDOWN_GRACE", default_value_t = 10)]
     pub shutdown_grace: u64,
@@ -43,6 +47,11 @@ impl Settings {
     pub fn store_path(&self) -> PathBuf {
         self.data.join("clientrules.db")
     }
+}
+
+fn parse_net(text: &str) -> Result<ipnet::IpNet, String> {
+    crate::rules::load::parse_net(text)
+        .ok_or_else(|| format!("expected an IP address or a CIDR range, found {text:?}"))
 }
 
 /// Parses `1048576`, `512KiB`, `1MiB` (and `KB`/`MB` as the same binary units).

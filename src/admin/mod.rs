@@ -1,6 +1,8 @@
 //! The admin API under `/api`, and `/healthz` and `/readyz`. Without a token it answers
 //! only callers on loopback.
 
+pub mod metrics;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -30,6 +32,7 @@ pub fn routes(app: Arc<AppState>) -> Router<Arc<AppState>> {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
+        .route("/metrics", get(metrics_text))
         .merge(api)
 }
 
@@ -67,6 +70,17 @@ async fn guard(State(app): State<Arc<AppState>>, request: Request, next: Next) -
     next.run(request).await
 }
 
+async fn metrics_text(State(app): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        app.metrics.render(),
+    )
+        .into_response()
+}
+
 async fn ready(State(app): State<Arc<AppState>>) -> Response {
     let store = app.store.clone();
     match tokio::task::spawn_blocking(move || store.ping()).await {
@@ -86,7 +100,7 @@ async fn rules(State(app): State<Arc<AppState>>) -> Response {
                 "description": r.description,
                 "file": r.file,
                 "path": r.webhook().map(|w| &w.path),
-                "verified": r.webhook().is_some_and(|w| w.hmac.is_some()),
+                "verified": r.webhook().is_some_and(|w| w.verify.as_ref().is_some_and(|v| v.authenticates())),
                 "warnings": r.warnings.iter().map(ToString::to_string).collect::<Vec<_>>(),
             })
         })

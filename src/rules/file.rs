@@ -51,17 +51,48 @@ pub struct WebhookSpec {
     pub respond: Option<RespondSpec>,
 }
 
+/// How deliveries prove who sent them. Every scheme given must pass.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VerifySpec {
     #[serde(default)]
     pub hmac: Option<HmacSpec>,
+    #[serde(default)]
+    pub standard_webhooks: Option<StandardWebhooksSpec>,
+    #[serde(default)]
+    pub token: Option<TokenSpec>,
+    #[serde(default)]
+    pub basic: Option<BasicSpec>,
+    #[serde(default)]
+    pub allow_ips: Option<Vec<String>>,
+}
+
+/// One secret, or several while a secret is being rotated.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Secrets {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Secrets {
+    /// The secrets with their key paths relative to the `secret` key.
+    pub fn items(&self) -> Vec<(String, &str)> {
+        match self {
+            Secrets::One(s) => vec![(String::new(), s.as_str())],
+            Secrets::Many(list) => list
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (format!(".{i}"), s.as_str()))
+                .collect(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HmacSpec {
-    pub secret: String,
+    pub secret: Secrets,
     pub header: String,
     #[serde(default = "default_algorithm")]
     pub algorithm: String,
@@ -69,6 +100,48 @@ pub struct HmacSpec {
     pub encoding: String,
     #[serde(default)]
     pub prefix: Option<String>,
+    /// Signatures over `<timestamp>.<body>`, with the timestamp checked for freshness.
+    #[serde(default)]
+    pub timestamp: Option<TimestampSpec>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimestampSpec {
+    /// The header holding the timestamp; without one, the signature header is read as
+    /// `t=<timestamp>,v1=<signature>`.
+    #[serde(default)]
+    pub header: Option<String>,
+    /// How far from now a timestamp may be, past or future; default 5 minutes.
+    #[serde(default)]
+    pub tolerance: Option<String>,
+}
+
+/// The Standard Webhooks scheme: `webhook-id`, `webhook-timestamp`, `webhook-signature`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StandardWebhooksSpec {
+    pub secret: Secrets,
+    #[serde(default)]
+    pub tolerance: Option<String>,
+}
+
+/// A shared secret sent as is, in a header or a query parameter.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSpec {
+    pub secret: Secrets,
+    #[serde(default)]
+    pub header: Option<String>,
+    #[serde(default)]
+    pub query: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicSpec {
+    pub username: String,
+    pub password: String,
 }
 
 fn default_algorithm() -> String {
@@ -180,6 +253,15 @@ pub const ALL_KEYS: &[&str] = &[
     "algorithm",
     "encoding",
     "prefix",
+    "timestamp",
+    "tolerance",
+    "standard_webhooks",
+    "token",
+    "query",
+    "basic",
+    "username",
+    "password",
+    "allow_ips",
     "cron",
     "timezone",
     "overlap",

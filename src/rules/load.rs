@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::file::{HmacSpec, RuleFile};
+use super::file::{HmacSpec, RuleFile, Secrets, VerifySpec};
 use super::spans::{Pos, Spans, Style};
 use super::{
-    Diagnostic, HmacAlgorithm, HmacCheck, Limits, RetryPolicy, Rule, SignatureEncoding, Trigger,
-    WebhookTrigger,
+    BasicCheck, Diagnostic, HmacAlgorithm, HmacCheck, Limits, RetryPolicy, Rule, SignatureEncoding,
+    StandardCheck, TimestampCheck, TokenCheck, Trigger, Verification, WebhookTrigger,
 };
 use crate::script::{self, Compiled, Origin};
 
@@ -277,7 +277,7 @@ impl Loader {
 
         let mut warnings = Vec::new();
         if let Some(Trigger::Webhook(hook)) = &trigger
-            && hook.hmac.is_none()
+            && hook.verify.as_ref().is_none_or(|v| !v.authenticates())
         {
             let pos = spans.key_or_parent("on.webhook");
             let mut d = Diagnostic::warning(
@@ -356,19 +356,10 @@ impl Loader {
                     }
                     None => None,
                 };
-                let hmac = match hook.verify.as_ref().and_then(|v| v.hmac.as_ref()) {
-                    Some(spec) => Some(self.hmac(spec, spans, env)?),
+                let verify = match &hook.verify {
+                    Some(spec) => Some(self.verification(spec, spans, env)?),
                     None => None,
                 };
-                if let Some(verify) = &hook.verify
-                    && verify.hmac.is_none()
-                {
-                    self.error(
-                        spans.key_or_parent("on.webhook.verify"),
-                        "`verify` names no verification scheme",
-                    )
-                    .help = Some("add `hmac:` with `secret` and `header`".into());
-                }
                 let dedupe = if hook.dedupe.is_some() {
                     self.error(
                         spans.key_or_parent("on.webhook.dedupe"),
@@ -381,7 +372,7 @@ impl Loader {
                 };
                 Some(Trigger::Webhook(WebhookTrigger {
                     path,
-                    hmac,
+                    verify,
                     redirect,
                     dedupe,
                 }))
@@ -409,13 +400,166 @@ impl Loader {
         }
     }
 
+    fn verification(
+        &mut self,
+        spec: &VerifySpec,
+        spans: &Spans,
+        env: EnvLookup<'_>,
+    ) -> Option<Verification> {
+        let base = "on.webhook.verify";
+        let mut v = Verification::default();
+        if spec.hmac.is_none()
+            && spec.standard_webhooks.is_none()
+            && spec.token.is_none()
+            && spec.basic.is_none()
+            && spec.allow_ips.is_none()
+        {
+            self.error(
+                spans.key_or_parent(base),
+                "`verify` names no verification scheme",
+            )
+            .help = Some("add one of hmac, standard_webhooks, token, basic or allow_ips".into());
+            return None;
+        }
+        for (i, text) in spec.allow_ips.iter().flatten().enumerate() {
+            let pos = spans.value_or_parent(&format!("{base}.allow_ips.{i}"));
+            match parse_net(text) {
+                Some(net) => v.allow_ips.push(net),
+                None => {
+                    self.error(
+                        pos,
+                        format!("expected an IP address or a CIDR range such as 192.0.2.0/24, found `{text}`"),
+                    );
+                }
+            }
+        }
+        if let Some(token) = &spec.token {
+            let secrets =
+                self.secrets(&token.secret, &format!("{base}.token.secret"), spans, env)?;
+            if token.header.is_none() == token.query.is_none() {
+                self.error(
+                    spans.key_or_parent(&format!("{base}.token")),
+                    "`token` needs exactly one of `header` or `query`",
+                );
+            }
+            let header = token
+                .header
+                .as_ref()
+                .map(|h| self.header_name(h, &format!("{base}.token.header"), spans));
+            v.token = Some(TokenCheck {
+                secrets,
+                header,
+                query: token.query.clone(),
+            });
+        }
+        if let Some(basic) = &spec.basic {
+            let user = self.resolve(
+                &basic.username,
+                spans.value_or_parent(&format!("{base}.basic.username")),
+                env,
+            )?;
+            let password = self.resolve(
+                &basic.password,
+                spans.value_or_parent(&format!("{base}.basic.password")),
+                env,
+            )?;
+            if user.is_empty() || password.is_empty() || user.contains(':') {
+                self.error(
+                    spans.key_or_parent(&format!("{base}.basic")),
+                    "basic authentication needs a username without `:` and a password, both non-empty",
+                );
+            }
+            v.basic = Some(BasicCheck {
+                username: user,
+                password,
+            });
+        }
+        if let Some(spec) = &spec.hmac {
+            v.hmac = Some(self.hmac(spec, spans, env)?);
+        }
+        if let Some(std) = &spec.standard_webhooks {
+            let path = format!("{base}.standard_webhooks");
+            let raw = self.secrets(&std.secret, &format!("{path}.secret"), spans, env)?;
+            let mut secrets = Vec::new();
+            for secret in raw {
+                let text = String::from_utf8_lossy(&secret).into_owned();
+                let encoded = text.strip_prefix("whsec_").unwrap_or(&text);
+                match base64::Engine::decode(&base64::engine::general_purpose::STANDARD, encoded) {
+                    Ok(key) if !key.is_empty() => secrets.push(key),
+                    _ => {
+                        self.error(
+                            spans.value_or_parent(&format!("{path}.secret")),
+                            "expected a Standard Webhooks secret: `whsec_` followed by base64",
+                        );
+                        return None;
+                    }
+                }
+            }
+            let tolerance = self.tolerance(
+                std.tolerance.as_deref(),
+                &format!("{path}.tolerance"),
+                spans,
+            );
+            v.standard = Some(StandardCheck { secrets, tolerance });
+        }
+        Some(v)
+    }
+
+    fn tolerance(&mut self, text: Option<&str>, path: &str, spans: &Spans) -> Duration {
+        let default = Duration::from_secs(300);
+        match text {
+            Some(text) => self
+                .duration(
+                    text,
+                    spans.value_or_parent(path),
+                    Duration::from_secs(1),
+                    Duration::from_secs(86_400),
+                )
+                .unwrap_or(default),
+            None => default,
+        }
+    }
+
+    fn header_name(&mut self, text: &str, path: &str, spans: &Spans) -> String {
+        let header = text.trim().to_ascii_lowercase();
+        if axum::http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+            self.error(
+                spans.value_or_parent(path),
+                format!("expected an HTTP header name, found `{text}`"),
+            );
+        }
+        header
+    }
+
+    /// Resolves one secret or a list of them; each must be non-empty.
+    fn secrets(
+        &mut self,
+        secrets: &Secrets,
+        path: &str,
+        spans: &Spans,
+        env: EnvLookup<'_>,
+    ) -> Option<Vec<Vec<u8>>> {
+        let mut out = Vec::new();
+        let items = secrets.items();
+        if items.is_empty() {
+            self.error(spans.value_or_parent(path), "expected at least one secret");
+            return None;
+        }
+        for (suffix, raw) in items {
+            let pos = spans.value_or_parent(&format!("{path}{suffix}"));
+            let secret = self.resolve(raw, pos, env)?;
+            if secret.is_empty() {
+                self.error(pos, "the secret is empty");
+                return None;
+            }
+            out.push(secret.into_bytes());
+        }
+        Some(out)
+    }
+
     fn hmac(&mut self, spec: &HmacSpec, spans: &Spans, env: EnvLookup<'_>) -> Option<HmacCheck> {
         let base = "on.webhook.verify.hmac";
-        let secret_pos = spans.value_or_parent(&format!("{base}.secret"));
-        let secret = self.resolve(&spec.secret, secret_pos, env)?;
-        if secret.is_empty() {
-            self.error(secret_pos, "the HMAC secret is empty");
-        }
+        let secrets = self.secrets(&spec.secret, &format!("{base}.secret"), spans, env)?;
         let algorithm = match spec.algorithm.as_str() {
             "sha1" => HmacAlgorithm::Sha1,
             "sha256" => HmacAlgorithm::Sha256,
@@ -439,19 +583,25 @@ impl Loader {
                 return None;
             }
         };
-        let header = spec.header.trim().to_ascii_lowercase();
-        if header.is_empty() || !header.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
-            self.error(
-                spans.value_or_parent(&format!("{base}.header")),
-                format!("expected an HTTP header name, found `{}`", spec.header),
-            );
-        }
+        let header = self.header_name(&spec.header, &format!("{base}.header"), spans);
+        let timestamp = spec.timestamp.as_ref().map(|t| TimestampCheck {
+            header: t
+                .header
+                .as_ref()
+                .map(|h| self.header_name(h, &format!("{base}.timestamp.header"), spans)),
+            tolerance: self.tolerance(
+                t.tolerance.as_deref(),
+                &format!("{base}.timestamp.tolerance"),
+                spans,
+            ),
+        });
         Some(HmacCheck {
-            secret: secret.into_bytes(),
+            secrets,
             header,
             algorithm,
             encoding,
             prefix: spec.prefix.clone().unwrap_or_default(),
+            timestamp,
         })
     }
 
@@ -750,6 +900,16 @@ pub fn substitute(text: &str, env: EnvLookup<'_>) -> Result<String, EnvProblem> 
     Ok(out)
 }
 
+/// An address (`192.0.2.7`) or a range (`192.0.2.0/24`, `2001:db8::/32`).
+pub fn parse_net(text: &str) -> Option<ipnet::IpNet> {
+    let text = text.trim();
+    text.parse::<ipnet::IpNet>().ok().or_else(|| {
+        text.parse::<std::net::IpAddr>()
+            .ok()
+            .map(ipnet::IpNet::from)
+    })
+}
+
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
@@ -935,8 +1095,9 @@ mod tests {
         let ok = text.replace("NOPE", "FORM_SECRET");
         let (rule, errors) = load_text(&ok);
         assert!(errors.is_empty(), "{errors:#?}");
-        let hmac = rule.unwrap().webhook().unwrap().hmac.clone().unwrap();
-        assert_eq!(hmac.secret, b"s3cret");
+        let verify = rule.unwrap().webhook().unwrap().verify.clone().unwrap();
+        let hmac = verify.hmac.unwrap();
+        assert_eq!(hmac.secrets, vec![b"s3cret".to_vec()]);
         assert_eq!(hmac.header, "x-sig");
     }
 
@@ -1133,5 +1294,50 @@ mod tests {
         let rule = rule.unwrap();
         assert_eq!(rule.vars["key"], "s3cret");
         assert_eq!(rule.vars["list"][0], "${x}");
+    }
+
+    #[test]
+    fn verification_schemes_load_and_are_checked() {
+        let base = "name: lead\non:\n  webhook:\n    verify:\n";
+        let script = "script: \"let x = 1;\"\n";
+        let (rule, errors) = load_text(&format!(
+            "{base}      allow_ips: [192.0.2.0/24, 127.0.0.1]\n      token: {{ secret: [\"${{FORM_SECRET}}\", two], query: key }}\n      standard_webhooks:\n        secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n      basic: {{ username: u, password: p }}\n{script}"
+        ));
+        assert!(errors.is_empty(), "{errors:#?}");
+        let rule = rule.unwrap();
+        let v = rule.webhook().unwrap().verify.clone().unwrap();
+        assert_eq!(v.allow_ips.len(), 2);
+        assert_eq!(v.token.unwrap().secrets.len(), 2);
+        assert!(v.standard.is_some() && v.basic.is_some());
+        assert!(rule.warnings.is_empty(), "a verified endpoint is not open");
+
+        let d = only_error(&format!("{base}      allow_ips: [not-an-ip]\n{script}"));
+        assert!(d.message.contains("CIDR"), "{}", d.message);
+        let d = only_error(&format!("{base}      token: {{ secret: x }}\n{script}"));
+        assert!(
+            d.message.contains("exactly one of `header` or `query`"),
+            "{}",
+            d.message
+        );
+        let d = only_error(&format!(
+            "{base}      standard_webhooks: {{ secret: \"whsec_!!\" }}\n{script}"
+        ));
+        assert!(d.message.contains("whsec_"), "{}", d.message);
+        let d = only_error(&format!(
+            "{base}      hmac: {{ secret: x, header: X-Sig, algorithm: md5 }}\n{script}"
+        ));
+        assert!(
+            d.message.contains("sha1, sha256 or sha512"),
+            "{}",
+            d.message
+        );
+        let d = only_error(
+            &format!("{base}      {{}}\n{script}").replace("verify:\n      {}", "verify: {}"),
+        );
+        assert!(
+            d.message.contains("names no verification scheme"),
+            "{}",
+            d.message
+        );
     }
 }

@@ -68,16 +68,82 @@ impl RetryPolicy {
     }
 }
 
-/// An HMAC signature check over the raw body.
-#[derive(Debug, Clone)]
+/// How a webhook's deliveries are verified; every check present must pass.
+#[derive(Debug, Clone, Default)]
+pub struct Verification {
+    /// Addresses and ranges allowed to deliver; empty for any.
+    pub allow_ips: Vec<ipnet::IpNet>,
+    pub token: Option<TokenCheck>,
+    pub basic: Option<BasicCheck>,
+    pub hmac: Option<HmacCheck>,
+    pub standard: Option<StandardCheck>,
+}
+
+impl Verification {
+    /// Whether anything proves the sender: a signature, a secret or credentials.
+    pub fn authenticates(&self) -> bool {
+        self.token.is_some()
+            || self.basic.is_some()
+            || self.hmac.is_some()
+            || self.standard.is_some()
+    }
+}
+
+/// A shared secret in a header or a query parameter.
+#[derive(Clone)]
+pub struct TokenCheck {
+    pub secrets: Vec<Vec<u8>>,
+    /// Lowercase header name.
+    pub header: Option<String>,
+    pub query: Option<String>,
+}
+
+/// HTTP basic authentication.
+#[derive(Clone)]
+pub struct BasicCheck {
+    pub username: String,
+    pub password: String,
+}
+
+/// An HMAC signature over the raw body, or over `<timestamp>.<body>`.
+#[derive(Clone)]
 pub struct HmacCheck {
-    pub secret: Vec<u8>,
+    /// Several while a secret is rotated; any one may match.
+    pub secrets: Vec<Vec<u8>>,
     /// Lowercase header name.
     pub header: String,
     pub algorithm: HmacAlgorithm,
     pub encoding: SignatureEncoding,
     pub prefix: String,
+    pub timestamp: Option<TimestampCheck>,
 }
+
+/// Where a signed timestamp is and how fresh it must be.
+#[derive(Debug, Clone)]
+pub struct TimestampCheck {
+    /// Lowercase header name; `None` when the signature header reads `t=..,v1=..`.
+    pub header: Option<String>,
+    pub tolerance: Duration,
+}
+
+/// The Standard Webhooks scheme.
+#[derive(Clone)]
+pub struct StandardCheck {
+    pub secrets: Vec<Vec<u8>>,
+    pub tolerance: Duration,
+}
+
+// Secrets never appear in Debug output.
+macro_rules! redacted_debug {
+    ($($ty:ident),*) => {$(
+        impl std::fmt::Debug for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($ty)).finish_non_exhaustive()
+            }
+        }
+    )*};
+}
+redacted_debug!(TokenCheck, BasicCheck, HmacCheck, StandardCheck);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HmacAlgorithm {
@@ -96,7 +162,7 @@ pub enum SignatureEncoding {
 #[derive(Debug, Clone)]
 pub struct WebhookTrigger {
     pub path: String,
-    pub hmac: Option<HmacCheck>,
+    pub verify: Option<Verification>,
     pub redirect: Option<String>,
     pub dedupe: Option<Compiled>,
 }

@@ -1,11 +1,12 @@
 //! The webhook trigger: `POST <path>` of a rule becomes a stored event and a job,
 //! answered 202 (or the rule's redirect) only once both are committed.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
@@ -50,6 +51,33 @@ pub fn query_map(query: Option<&str>) -> Map<String, Value> {
         Value::Object(map) => map,
         _ => Map::new(),
     }
+}
+
+/// The sender's address: the peer, or for a peer that is a trusted proxy, the last
+/// address in `X-Forwarded-For` that is not one.
+fn peer_address(parts: &axum::http::request::Parts, trusted: &[ipnet::IpNet]) -> IpAddr {
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
+    if !trusted.iter().any(|net| net.contains(&peer)) {
+        return peer;
+    }
+    let forwarded: Vec<IpAddr> = parts
+        .headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|a| a.trim().parse().ok())
+        .collect();
+    forwarded
+        .iter()
+        .rev()
+        .find(|ip| !trusted.iter().any(|net| net.contains(*ip)))
+        .copied()
+        .unwrap_or(peer)
 }
 
 /// Every request that no other route takes: a rule's webhook, or 404.
@@ -104,13 +132,18 @@ pub async fn handle(State(app): State<Arc<AppState>>, request: Request) -> Respo
         }
     };
 
-    if let Some(check) = &hook.hmac {
-        let header = parts
-            .headers
-            .get(check.header.as_str())
-            .and_then(|v| v.to_str().ok());
-        if let Err(reason) = verify::check_hmac(check, header, &raw) {
+    if let Some(verification) = &hook.verify {
+        let peer = peer_address(&parts, &app.trusted_proxies);
+        let delivery = verify::Delivery {
+            headers: &parts.headers,
+            query: parts.uri.query(),
+            body: &raw,
+            peer,
+            now: Utc::now().timestamp(),
+        };
+        if let Err(reason) = verify::verify(verification, &delivery) {
             debug!(rule = %rule.name, reason = %reason, "delivery failed verification");
+            app.metrics.rejected(&rule.name, reason.label());
             return error_response(StatusCode::UNAUTHORIZED, "unauthorized");
         }
     }

@@ -57,6 +57,7 @@ pub struct Context {
     pub stopping: Arc<AtomicBool>,
     /// Set when the grace period is over: running scripts end at once.
     pub cancel: Arc<AtomicBool>,
+    pub metrics: Arc<crate::admin::metrics::Metrics>,
 }
 
 impl std::fmt::Debug for Context {
@@ -290,6 +291,7 @@ fn finish(
     record: Value,
     next: JobNext,
 ) {
+    ctx.metrics.run(&job.rule, status.as_str());
     let run = StoredRun {
         id: run_id.to_owned(),
         job_id: job.id,
