@@ -21,6 +21,8 @@ use crate::worker::{self, Pool, SharedRules, Wake};
 /// What the HTTP handlers share.
 pub struct AppState {
     pub store: Arc<dyn Store>,
+    pub ingest: crate::store::ingest::Ingestor,
+    pub dedupe_window: Duration,
     pub rules: SharedRules,
     pub wake: Arc<Wake>,
     pub body_limit: usize,
@@ -120,8 +122,12 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     };
     let pool = Pool::start(context, settings.workers).context("cannot start the workers")?;
 
+    let ingest = crate::store::ingest::Ingestor::start(store.clone(), settings.commit)
+        .context("cannot start the ingest writer")?;
     let app = Arc::new(AppState {
         store,
+        ingest,
+        dedupe_window: settings.dedupe_window,
         rules: shared,
         wake,
         body_limit: settings.body_limit,

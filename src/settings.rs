@@ -37,6 +37,15 @@ pub struct Settings {
     #[arg(long = "trusted-proxy", env = "CLIENTRULES_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_net)]
     pub trusted_proxies: Vec<ipnet::IpNet>,
 
+    /// How deliveries are committed: `group` shares one commit among concurrent
+    /// deliveries, `each` commits every one alone.
+    #[arg(long, env = "CLIENTRULES_COMMIT", value_enum, default_value = "group")]
+    pub commit: crate::store::ingest::CommitMode,
+
+    /// How long a dedupe key is remembered.
+    #[arg(long, env = "CLIENTRULES_DEDUPE_WINDOW", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub dedupe_window: std::time::Duration,
+
     /// Seconds that running jobs get to finish on shutdown.
     #[arg(long, env = "CLIENTRULES_SHUTDOWN_GRACE", default_value_t = 10)]
     pub shutdown_grace: u64,

@@ -1,8 +1,13 @@
 //! The API layer: clients, the four operations of the Spectora Clients API as a trait,
-//! and the two backends behind it (the embedded store and, later, the HTTP client).
+//! and the two backends behind it (the embedded store and the Spectora HTTP client).
 
+pub mod clock;
 pub mod embedded;
+pub mod image;
+pub mod paging;
+pub mod ratelimit;
 pub mod session;
+pub mod spectora;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -198,6 +203,22 @@ pub trait Backend: Send + Sync {
 
     /// Changes only the given attributes of a client and returns it as it now is.
     fn update(&self, id: &str, attributes: &Map<String, Value>) -> Result<Client, ApiError>;
+
+    /// Uploads a client's image, with any attributes to change in the same request, and
+    /// returns the client as it now is. A backend that keeps no images refuses.
+    fn set_image(
+        &self,
+        id: &str,
+        attributes: &Map<String, Value>,
+        image: &image::Image,
+    ) -> Result<Client, ApiError> {
+        let _ = (id, attributes, image);
+        Err(ApiError::invalid(
+            "set_image",
+            501,
+            format!("the {} backend keeps no images", self.name()),
+        ))
+    }
 
     /// A short name for logs and run records: `embedded` or `spectora`.
     fn name(&self) -> &'static str;

@@ -252,8 +252,22 @@ fn value_text(value: &Value) -> String {
     }
 }
 
+/// Where a job's writes are recorded as they succeed, so that a retry of the job gets
+/// the recorded results back instead of sending the writes again.
+pub trait WriteJournal: Send + Sync {
+    /// The fingerprint and result recorded under a sequence number, if any.
+    fn recorded(&self, sequence: u32) -> Option<(String, Value)>;
+    /// Records a write that succeeded.
+    fn record(&self, sequence: u32, fingerprint: &str, result: &Value);
+}
+
 #[derive(Debug, Default)]
 struct State {
+    /// Writes attempted so far, numbering journal entries.
+    sequence: u32,
+    /// Set once this run wrote something other than what the journal recorded: from
+    /// there on, nothing recorded applies.
+    diverged: bool,
     calls: Vec<ApiCall>,
     changes: Vec<Change>,
     /// Clients read or written in this run, by id: the current state that updates diff
@@ -271,6 +285,7 @@ pub struct Session {
     mode: Mode,
     max_api_calls: u32,
     max_changes: Option<u32>,
+    journal: Option<Box<dyn WriteJournal>>,
     state: Mutex<State>,
 }
 
@@ -295,8 +310,44 @@ impl Session {
             mode,
             max_api_calls,
             max_changes,
+            journal: None,
             state: Mutex::new(State::default()),
         }
+    }
+
+    /// Records writes in a journal and takes back what an earlier attempt recorded.
+    pub fn with_journal(mut self, journal: Box<dyn WriteJournal>) -> Session {
+        self.journal = Some(journal);
+        self
+    }
+
+    /// Sends a write, unless an earlier attempt of the job made the same write: then
+    /// its recorded result is returned and nothing is sent.
+    fn journaled(
+        &self,
+        fingerprint: String,
+        send: impl FnOnce() -> Result<Client, SessionError>,
+    ) -> Result<Client, SessionError> {
+        let sequence = {
+            let mut state = self.state();
+            state.sequence += 1;
+            state.sequence
+        };
+        if let Some(journal) = &self.journal {
+            let diverged = self.state().diverged;
+            if !diverged && let Some((recorded, result)) = journal.recorded(sequence) {
+                match serde_json::from_value::<Client>(result) {
+                    Ok(client) if recorded == fingerprint => return Ok(client),
+                    _ => self.state().diverged = true,
+                }
+            }
+        }
+        let client = send()?;
+        if let Some(journal) = &self.journal {
+            let value = serde_json::to_value(&client).unwrap_or(Value::Null);
+            journal.record(sequence, &fingerprint, &value);
+        }
+        Ok(client)
     }
 
     pub fn mode(&self) -> Mode {
@@ -529,7 +580,9 @@ impl Session {
         let client = match self.mode {
             Mode::Live => {
                 let target = email.clone().unwrap_or_else(|| "new client".into());
-                self.call(call, "create", &target, |b| b.create(&fields))?
+                self.journaled(fingerprint("create", "", &fields), || {
+                    self.call(call, "create", &target, |b| b.create(&fields))
+                })?
             }
             Mode::Plan => {
                 let has_identity = ["email", "phone", "first_name"].iter().any(|k| {
@@ -648,7 +701,9 @@ impl Session {
         }
         self.check_changes(call, Some(id))?;
         let updated = match self.mode {
-            Mode::Live => self.call(call, "update", id, |b| b.update(id, &diff))?,
+            Mode::Live => self.journaled(fingerprint("update", id, &diff), || {
+                self.call(call, "update", id, |b| b.update(id, &diff))
+            })?,
             Mode::Plan => {
                 let mut client = current.clone();
                 for (k, v) in &diff {
@@ -768,6 +823,15 @@ impl Session {
         fields.insert("tags".into(), next.into_iter().map(Value::String).collect());
         self.update_inner(call, id, fields)
     }
+}
+
+/// What identifies a write: the operation, the client and the fields, in key order.
+fn fingerprint(operation: &str, id: &str, fields: &Map<String, Value>) -> String {
+    let sorted: std::collections::BTreeMap<&String, &Value> = fields.iter().collect();
+    format!(
+        "{operation} {id} {}",
+        serde_json::to_string(&sorted).unwrap_or_default()
+    )
 }
 
 /// Sorts clients the way the API would, for results merged from several requests.

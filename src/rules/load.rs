@@ -360,16 +360,10 @@ impl Loader {
                     Some(spec) => Some(self.verification(spec, spans, env)?),
                     None => None,
                 };
-                let dedupe = if hook.dedupe.is_some() {
-                    self.error(
-                        spans.key_or_parent("on.webhook.dedupe"),
-                        "`dedupe` is not supported by this version of clientrules",
-                    )
-                    .help = Some("remove `dedupe`; every delivery runs the rule".into());
-                    None
-                } else {
-                    None
-                };
+                let dedupe = hook.dedupe.as_deref().and_then(|text| {
+                    let origin = self.origin_of(spans, "on.webhook.dedupe");
+                    self.compile(script::compile_expression(text, origin))
+                });
                 Some(Trigger::Webhook(WebhookTrigger {
                     path,
                     verify,

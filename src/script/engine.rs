@@ -73,6 +73,20 @@ pub fn compiler() -> &'static Engine {
     })
 }
 
+/// The engine that evaluates one-line expressions at ingest (`dedupe`): no client
+/// functions, and a small operations budget so that a delivery is answered at once.
+pub fn expressions() -> &'static Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| {
+        let mut engine = Engine::new_raw();
+        engine.register_global_module(standard().clone());
+        configure(&mut engine);
+        engine.set_max_operations(100_000);
+        super::modules::register_pure(&mut engine);
+        engine
+    })
+}
+
 /// Builds the engine for one run: every limit of the sandbox, the script modules bound
 /// to this run's session, and log lines collected into `logs`.
 pub fn build(sandbox: &Sandbox, session: Arc<Session>, logs: Arc<Mutex<Vec<LogLine>>>) -> Engine {

@@ -119,6 +119,26 @@ fn parse_diagnostic(origin: &Origin, e: &rhai::ParseError) -> Diagnostic {
     d
 }
 
+/// Evaluates an ingest expression (`dedupe`) on an event: a string or number is the
+/// key, `()` means none. Blocking, but bounded by a small operations budget.
+pub fn eval_key(expression: &Compiled, event: &Value) -> Result<Option<String>, String> {
+    let mut scope = Scope::new();
+    scope.push_constant_dynamic("event", convert::to_dynamic(event));
+    scope.push_constant_dynamic("vars", Dynamic::UNIT);
+    match engine::expressions().eval_ast_with_scope::<Dynamic>(&mut scope, &expression.ast) {
+        Ok(value) if value.is_unit() => Ok(None),
+        Ok(value) if value.is_string() || value.is_int() || value.is_float() => {
+            let key = value.to_string();
+            Ok((!key.is_empty()).then_some(key))
+        }
+        Ok(value) => Err(format!(
+            "expected a string or a number, found {}",
+            value.type_name()
+        )),
+        Err(e) => Err(engine::plain_message(&e)),
+    }
+}
+
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -91,6 +91,12 @@ pub fn unknown_calls(ast: &AST) -> Vec<(Position, String, Option<String>)> {
     problems
 }
 
+/// Registers the modules that need no run: `json::` and `text::`.
+pub fn register_pure(engine: &mut Engine) {
+    engine.register_static_module("json", json_module().into());
+    engine.register_static_module("text", text_module().into());
+}
+
 /// Registers every module on a run's engine.
 pub fn register(engine: &mut Engine, session: Arc<Session>, logs: Arc<Mutex<Vec<LogLine>>>) {
     engine.register_static_module("clients", clients_module(session).into());

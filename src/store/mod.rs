@@ -1,6 +1,7 @@
 //! The store: events, jobs and runs, behind one interface. An event and its jobs are
 //! committed together before a webhook is answered; workers claim jobs with a lease.
 
+pub mod ingest;
 pub mod sqlite;
 
 use std::time::Duration;
@@ -41,6 +42,43 @@ pub struct NewJob {
     pub max_attempts: u32,
 }
 
+/// A delivery's dedupe key: a second event with the same key for the same rule within
+/// the window is a duplicate.
+#[derive(Debug, Clone)]
+pub struct DedupeKey {
+    pub rule: String,
+    pub key: String,
+    pub window: Duration,
+}
+
+/// An event to store, with its files, its jobs and its dedupe key.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub event: Event,
+    pub files: Vec<NewFile>,
+    pub jobs: Vec<NewJob>,
+    pub dedupe: Option<DedupeKey>,
+}
+
+/// What storing an event did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inserted {
+    /// Stored, with its jobs.
+    Stored,
+    /// Not stored: the same key was seen with this earlier event.
+    Duplicate(String),
+}
+
+/// One write of a job, as the write journal keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JournalEntry {
+    pub sequence: u32,
+    /// What was written: the operation, the client and the fields, so that a retry
+    /// that writes something else does not get this result back.
+    pub fingerprint: String,
+    pub result: Value,
+}
+
 /// A job a worker has claimed.
 #[derive(Debug, Clone)]
 pub struct Job {
@@ -50,6 +88,8 @@ pub struct Job {
     /// This run's attempt number, from 1.
     pub attempt: u32,
     pub max_attempts: u32,
+    /// The job this one replays, for a replay.
+    pub replay_of: Option<i64>,
 }
 
 /// What becomes of a job after a run.
@@ -136,8 +176,20 @@ pub struct RunFilter {
 
 /// The interface both store engines implement.
 pub trait Store: Send + Sync {
-    /// Commits an event, its files and its jobs in one transaction.
-    fn insert_event(&self, event: &Event, files: &[NewFile], jobs: &[NewJob]) -> Result<()>;
+    /// Commits a batch of events, each with its files and jobs, in one transaction:
+    /// the group commit of concurrent deliveries.
+    fn insert_batch(&self, batch: &[NewEvent]) -> Result<Vec<Inserted>>;
+
+    /// Commits one event, its files and its jobs.
+    fn insert_event(&self, event: &Event, files: &[NewFile], jobs: &[NewJob]) -> Result<()> {
+        self.insert_batch(&[NewEvent {
+            event: event.clone(),
+            files: files.to_vec(),
+            jobs: jobs.to_vec(),
+            dedupe: None,
+        }])
+        .map(|_| ())
+    }
 
     fn event(&self, id: &str) -> Result<Option<Event>>;
 
@@ -162,4 +214,27 @@ pub trait Store: Send + Sync {
 
     /// Whether the store answers: for readiness.
     fn ping(&self) -> Result<()>;
+
+    // The write journal and replays.
+
+    /// The writes a job recorded in earlier attempts, in sequence order.
+    fn journal(&self, job_id: i64) -> Result<Vec<JournalEntry>>;
+
+    /// Records one write of a job, as soon as it succeeded.
+    fn record_write(&self, job_id: i64, entry: &JournalEntry) -> Result<()>;
+
+    /// Queues an event again for a rule (or every rule that had a job on it), as new
+    /// jobs linked to the last job of each; returns the new job ids.
+    fn replay_event(
+        &self,
+        event_id: &str,
+        rule: Option<&str>,
+        max_attempts: u32,
+    ) -> Result<Vec<i64>>;
+
+    /// The dead letters of a rule: (job id, event id), oldest first.
+    fn dead_jobs(&self, rule: &str, limit: usize) -> Result<Vec<(i64, String)>>;
+
+    /// The state of a job.
+    fn job_state(&self, job_id: i64) -> Result<Option<JobState>>;
 }

@@ -10,8 +10,8 @@ use chrono::{DateTime, TimeZone, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
-    EventSummary, Job, JobNext, JobState, JobSummary, NewFile, NewJob, Result, RunFilter, Store,
-    StoreError, StoredRun,
+    EventSummary, Inserted, Job, JobNext, JobState, JobSummary, JournalEntry, NewEvent, Result,
+    RunFilter, Store, StoreError, StoredRun,
 };
 use crate::event::Event;
 
@@ -38,7 +38,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     max_attempts INTEGER NOT NULL,
     run_at INTEGER NOT NULL,
     lease_until INTEGER,
-    updated_at INTEGER NOT NULL
+    updated_at INTEGER NOT NULL,
+    replay_of INTEGER
 );
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs (state, run_at);
 CREATE INDEX IF NOT EXISTS jobs_event ON jobs (event_id);
@@ -53,6 +54,20 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE INDEX IF NOT EXISTS runs_rule ON runs (rule, started_at);
 CREATE INDEX IF NOT EXISTS runs_event ON runs (event_id);
+CREATE TABLE IF NOT EXISTS dedupe (
+    rule TEXT NOT NULL,
+    key TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    seen_at INTEGER NOT NULL,
+    PRIMARY KEY (rule, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS journal (
+    job_id INTEGER NOT NULL,
+    sequence INTEGER NOT NULL,
+    fingerprint TEXT NOT NULL,
+    result TEXT NOT NULL,
+    PRIMARY KEY (job_id, sequence)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS run_clients (
     run_id TEXT NOT NULL,
     client_id TEXT NOT NULL,
@@ -103,6 +118,13 @@ impl SqliteStore {
             conn.pragma_update(None, "synchronous", "FULL")?;
         }
         conn.execute_batch(SCHEMA)?;
+        // Files made before jobs could be replayed lack that column.
+        let has_replay: bool = conn
+            .prepare("SELECT 1 FROM pragma_table_info('jobs') WHERE name = 'replay_of'")?
+            .exists([])?;
+        if !has_replay {
+            conn.execute_batch("ALTER TABLE jobs ADD COLUMN replay_of INTEGER")?;
+        }
         Ok(SqliteStore {
             conn: Mutex::new(conn),
         })
@@ -126,37 +148,35 @@ impl SqliteStore {
 }
 
 impl Store for SqliteStore {
-    fn insert_event(&self, event: &Event, files: &[NewFile], jobs: &[NewJob]) -> Result<()> {
-        let data = serde_json::to_string(event).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    fn insert_batch(&self, batch: &[NewEvent]) -> Result<Vec<Inserted>> {
         let now = millis(Utc::now());
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        tx.execute(
-            "INSERT INTO events (id, source, path, received_at, data, raw) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                event.id,
-                event.source.as_str(),
-                event.path,
-                millis(event.received_at),
-                data,
-                event.raw.as_ref()
-            ],
-        )?;
-        for file in files {
-            tx.execute(
-                "INSERT INTO event_files (id, event_id, bytes) VALUES (?1, ?2, ?3)",
-                params![file.id, event.id, file.bytes.as_ref()],
-            )?;
-        }
-        for job in jobs {
-            tx.execute(
-                "INSERT INTO jobs (event_id, rule, state, max_attempts, run_at, updated_at)
-                 VALUES (?1, ?2, 'pending', ?3, ?4, ?4)",
-                params![event.id, job.rule, job.max_attempts, now],
-            )?;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for item in batch {
+            if let Some(key) = &item.dedupe {
+                let window = key.window.as_millis().min(i64::MAX as u128) as i64;
+                let seen: Option<String> = tx
+                    .query_row(
+                        "SELECT event_id FROM dedupe WHERE rule = ?1 AND key = ?2 AND seen_at > ?3",
+                        params![key.rule, key.key, now.saturating_sub(window)],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if let Some(first) = seen {
+                    outcomes.push(Inserted::Duplicate(first));
+                    continue;
+                }
+                tx.execute(
+                    "INSERT OR REPLACE INTO dedupe (rule, key, event_id, seen_at) VALUES (?1, ?2, ?3, ?4)",
+                    params![key.rule, key.key, item.event.id, now],
+                )?;
+            }
+            insert_one(&tx, item, now)?;
+            outcomes.push(Inserted::Stored);
         }
         tx.commit()?;
-        Ok(())
+        Ok(outcomes)
     }
 
     fn event(&self, id: &str) -> Result<Option<Event>> {
@@ -226,7 +246,7 @@ impl Store for SqliteStore {
                      WHERE (state = 'pending' AND run_at <= ?1)
                         OR (state = 'running' AND lease_until < ?1)
                      ORDER BY run_at, id LIMIT 1)
-                 RETURNING id, event_id, rule, attempts, max_attempts",
+                 RETURNING id, event_id, rule, attempts, max_attempts, replay_of",
                 params![now, until],
                 |r| {
                     Ok(Job {
@@ -235,6 +255,7 @@ impl Store for SqliteStore {
                         rule: r.get(2)?,
                         attempt: r.get(3)?,
                         max_attempts: r.get(4)?,
+                        replay_of: r.get(5)?,
                     })
                 },
             )
@@ -351,6 +372,134 @@ impl Store for SqliteStore {
         conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?;
         Ok(())
     }
+
+    fn journal(&self, job_id: i64) -> Result<Vec<JournalEntry>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT sequence, fingerprint, result FROM journal WHERE job_id = ?1 ORDER BY sequence",
+        )?;
+        let rows = stmt.query_map([job_id], |r| {
+            let result: String = r.get(2)?;
+            Ok(JournalEntry {
+                sequence: r.get(0)?,
+                fingerprint: r.get(1)?,
+                result: serde_json::from_str(&result).unwrap_or(serde_json::Value::Null),
+            })
+        })?;
+        Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
+    }
+
+    fn record_write(&self, job_id: i64, entry: &JournalEntry) -> Result<()> {
+        let result =
+            serde_json::to_string(&entry.result).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let conn = self.conn();
+        conn.execute(
+            "INSERT OR REPLACE INTO journal (job_id, sequence, fingerprint, result)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![job_id, entry.sequence, entry.fingerprint, result],
+        )?;
+        Ok(())
+    }
+
+    fn replay_event(
+        &self,
+        event_id: &str,
+        rule: Option<&str>,
+        max_attempts: u32,
+    ) -> Result<Vec<i64>> {
+        let now = millis(Utc::now());
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        // The newest job of each rule on this event is the one the replay follows.
+        let previous: Vec<(i64, String)> = {
+            let mut stmt = tx.prepare(
+                "SELECT MAX(id), rule FROM jobs WHERE event_id = ?1 AND (?2 IS NULL OR rule = ?2)
+                 GROUP BY rule ORDER BY rule",
+            )?;
+            let rows = stmt.query_map(params![event_id, rule], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<std::result::Result<Vec<_>, _>>()?
+        };
+        let mut targets: Vec<(Option<i64>, String)> = previous
+            .into_iter()
+            .map(|(id, rule)| (Some(id), rule))
+            .collect();
+        if targets.is_empty()
+            && let Some(rule) = rule
+        {
+            let exists: Option<i64> = tx
+                .query_row("SELECT 1 FROM events WHERE id = ?1", [event_id], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            if exists.is_some() {
+                targets.push((None, rule.to_owned()));
+            }
+        }
+        let mut ids = Vec::new();
+        for (replay_of, rule) in targets {
+            tx.execute(
+                "INSERT INTO jobs (event_id, rule, state, max_attempts, run_at, updated_at, replay_of)
+                 VALUES (?1, ?2, 'pending', ?3, ?4, ?4, ?5)",
+                params![event_id, rule, max_attempts, now, replay_of],
+            )?;
+            ids.push(tx.last_insert_rowid());
+        }
+        tx.commit()?;
+        Ok(ids)
+    }
+
+    fn dead_jobs(&self, rule: &str, limit: usize) -> Result<Vec<(i64, String)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id, event_id FROM jobs j WHERE rule = ?1 AND state = 'dead'
+               AND NOT EXISTS (SELECT 1 FROM jobs r WHERE r.replay_of = j.id)
+             ORDER BY id LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![rule, limit.clamp(1, 100_000) as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+        Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
+    }
+
+    fn job_state(&self, job_id: i64) -> Result<Option<JobState>> {
+        let conn = self.conn();
+        let state: Option<String> = conn
+            .query_row("SELECT state FROM jobs WHERE id = ?1", [job_id], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(state.and_then(|s| JobState::parse(&s)))
+    }
+}
+
+fn insert_one(tx: &rusqlite::Transaction<'_>, item: &NewEvent, now: i64) -> Result<()> {
+    let event = &item.event;
+    let data = serde_json::to_string(event).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    tx.execute(
+        "INSERT INTO events (id, source, path, received_at, data, raw) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            event.id,
+            event.source.as_str(),
+            event.path,
+            millis(event.received_at),
+            data,
+            event.raw.as_ref()
+        ],
+    )?;
+    for file in &item.files {
+        tx.execute(
+            "INSERT INTO event_files (id, event_id, bytes) VALUES (?1, ?2, ?3)",
+            params![file.id, event.id, file.bytes.as_ref()],
+        )?;
+    }
+    for job in &item.jobs {
+        tx.execute(
+            "INSERT INTO jobs (event_id, rule, state, max_attempts, run_at, updated_at)
+             VALUES (?1, ?2, 'pending', ?3, ?4, ?4)",
+            params![event.id, job.rule, job.max_attempts, now],
+        )?;
+    }
+    Ok(())
 }
 
 fn stored_run(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRun> {

@@ -11,13 +11,13 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use serde_json::{Map, Value, json};
-use tracing::{debug, error, trace};
+use tracing::{debug, error, trace, warn};
 
 use super::decode::{self, DecodeError};
 use super::verify;
 use crate::event::{Event, FileMeta, Source};
 use crate::server::AppState;
-use crate::store::{NewFile, NewJob};
+use crate::store::{DedupeKey, Inserted, NewEvent, NewFile, NewJob};
 use crate::worker::current_rules;
 
 /// A JSON error answer: `{"error": "..."}`.
@@ -198,24 +198,57 @@ pub async fn handle(State(app): State<Arc<AppState>>, request: Request) -> Respo
         max_attempts: rule.retry.attempts,
     }];
 
+    // The dedupe key comes from the verified, decoded event.
+    let dedupe = match &hook.dedupe {
+        Some(expression) => {
+            let expression = expression.clone();
+            let value = event.to_script_value();
+            match tokio::task::spawn_blocking(move || crate::script::eval_key(&expression, &value))
+                .await
+            {
+                Ok(Ok(Some(key))) => Some(DedupeKey {
+                    rule: rule.name.clone(),
+                    key,
+                    window: app.dedupe_window,
+                }),
+                Ok(Ok(None)) => None,
+                Ok(Err(message)) => {
+                    // A delivery is never lost to its dedupe expression: it runs undeduplicated.
+                    warn!(rule = %rule.name, error = %message, "the dedupe expression failed; storing the delivery without a key");
+                    None
+                }
+                Err(_) => None,
+            }
+        }
+        None => None,
+    };
+
     // The event and its job are durable before the answer; a store that cannot commit
     // gets the sender to try again.
-    let store = app.store.clone();
-    let stored = {
-        let event = event.clone();
-        tokio::task::spawn_blocking(move || store.insert_event(&event, &files, &jobs)).await
-    };
+    let event_id = event.id.clone();
+    let stored = app
+        .ingest
+        .submit(NewEvent {
+            event,
+            files,
+            jobs,
+            dedupe,
+        })
+        .await;
     match stored {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            error!(rule = %rule.name, error = %e, "cannot store the event; answering 503");
-            return error_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the event could not be stored; try again",
-            );
+        Ok(Inserted::Stored) => {}
+        Ok(Inserted::Duplicate(first)) => {
+            debug!(rule = %rule.name, event_id = %first, "duplicate delivery");
+            app.metrics.delivery(&rule.name, 200);
+            return (
+                StatusCode::OK,
+                Json(json!({ "event_id": first, "duplicate": true })),
+            )
+                .into_response();
         }
         Err(e) => {
-            error!(rule = %rule.name, error = %e, "the store task failed; answering 503");
+            error!(rule = %rule.name, error = %e, "cannot store the event; answering 503");
+            app.metrics.delivery(&rule.name, 503);
             return error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the event could not be stored; try again",
@@ -223,25 +256,27 @@ pub async fn handle(State(app): State<Arc<AppState>>, request: Request) -> Respo
         }
     }
     app.wake.notify();
-    debug!(rule = %rule.name, event_id = %event.id, "event stored");
+    debug!(rule = %rule.name, event_id = %event_id, "event stored");
 
     if let Some(url) = &hook.redirect {
         return match header::HeaderValue::from_str(url) {
             Ok(location) => {
+                app.metrics.delivery(&rule.name, 303);
                 let mut response = StatusCode::SEE_OTHER.into_response();
                 response.headers_mut().insert(header::LOCATION, location);
                 response
             }
             Err(_) => (
                 StatusCode::ACCEPTED,
-                Json(json!({"event_id": event.id, "duplicate": false})),
+                Json(json!({"event_id": event_id, "duplicate": false})),
             )
                 .into_response(),
         };
     }
+    app.metrics.delivery(&rule.name, 202);
     (
         StatusCode::ACCEPTED,
-        Json(json!({ "event_id": event.id, "duplicate": false })),
+        Json(json!({ "event_id": event_id, "duplicate": false })),
     )
         .into_response()
 }

@@ -11,10 +11,10 @@ use serde_json::{Value, json};
 use tracing::{debug, error, info, info_span, warn};
 
 use crate::clients::Backend;
-use crate::clients::session::{Mode, Session};
+use crate::clients::session::{Mode, Session, WriteJournal};
 use crate::rules::{Rule, RuleSet};
 use crate::script::{self, Outcome, RunStatus};
-use crate::store::{Job, JobNext, Store, StoredRun};
+use crate::store::{Job, JobNext, JournalEntry, Store, StoredRun};
 
 /// The rules in force, swapped whole when they are reloaded.
 pub type SharedRules = Arc<RwLock<Arc<RuleSet>>>;
@@ -176,12 +176,32 @@ pub fn execute(ctx: &Context, job: Job) {
         return;
     };
 
-    let session = Arc::new(Session::new(
-        ctx.backend.clone(),
-        Mode::Live,
-        rule.limits.max_api_calls,
-        rule.limits.max_changes,
-    ));
+    // Writes that earlier attempts of this job made are not made again.
+    let entries = match ctx.store.journal(job.id) {
+        Ok(entries) => entries,
+        Err(e) => {
+            error!(error = %e, "cannot read the write journal; the job will be tried again");
+            return;
+        }
+    };
+    let journal = StoreJournal {
+        store: ctx.store.clone(),
+        job_id: job.id,
+        entries,
+    };
+    let session = Arc::new(
+        Session::new(
+            ctx.backend.clone(),
+            Mode::Live,
+            rule.limits.max_api_calls,
+            rule.limits.max_changes,
+        )
+        .with_journal(Box::new(journal)),
+    );
+    let mut event = event;
+    if job.replay_of.is_some() {
+        event.source = crate::event::Source::Replay;
+    }
     let outcome = script::run(
         &rule,
         &event.to_script_value(),
@@ -213,6 +233,34 @@ pub fn execute(ctx: &Context, job: Job) {
         ),
     }
     finish(ctx, &job, &run_id, started_at, outcome.status, record, next);
+}
+
+/// The write journal of one job, over the store.
+struct StoreJournal {
+    store: Arc<dyn Store>,
+    job_id: i64,
+    entries: Vec<JournalEntry>,
+}
+
+impl WriteJournal for StoreJournal {
+    fn recorded(&self, sequence: u32) -> Option<(String, Value)> {
+        self.entries
+            .iter()
+            .find(|e| e.sequence == sequence)
+            .map(|e| (e.fingerprint.clone(), e.result.clone()))
+    }
+
+    fn record(&self, sequence: u32, fingerprint: &str, result: &Value) {
+        let entry = JournalEntry {
+            sequence,
+            fingerprint: fingerprint.to_owned(),
+            result: result.clone(),
+        };
+        if let Err(e) = self.store.record_write(self.job_id, &entry) {
+            // The write was made; a retry finds the client by its email instead.
+            error!(error = %e, job_id = self.job_id, "cannot record a write in the journal");
+        }
+    }
 }
 
 /// Done, retried later, or dead, from how the run ended.
@@ -254,6 +302,7 @@ fn run_record(
         "event_id": job.event_id,
         "rule": job.rule,
         "attempt": job.attempt,
+        "replay_of": job.replay_of,
         "mode": "live",
         "status": outcome.status,
         "reason": outcome.reason,
