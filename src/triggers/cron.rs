@@ -615,7 +615,7 @@ impl Schedule {
         // Invariant: `found` is the first fire after `low`, and it is at or before `high`.
         let mut found = self.next_after(low).filter(|f| f.at <= high)?;
         loop {
-            if !self.next_after(found.at).is_some_and(|f| f.at <= high) {
+            if self.next_after(found.at).is_none_or(|f| f.at > high) {
                 return Some(found);
             }
             let middle = low + (high - low) / 2;
