@@ -5,13 +5,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::file::{HmacSpec, RuleFile, Secrets, VerifySpec};
+use super::file::{HmacSpec, RuleFile, ScheduleSpec, Secrets, VerifySpec};
 use super::spans::{Pos, Spans, Style};
 use super::{
-    BasicCheck, Diagnostic, HmacAlgorithm, HmacCheck, Limits, RetryPolicy, Rule, SignatureEncoding,
-    StandardCheck, TimestampCheck, TokenCheck, Trigger, Verification, WebhookTrigger,
+    BasicCheck, CatchUp, Diagnostic, HmacAlgorithm, HmacCheck, Limits, Overlap, RetryPolicy, Rule,
+    ScheduleTrigger, SignatureEncoding, StandardCheck, TimestampCheck, TokenCheck, Trigger,
+    Verification, WebhookTrigger,
 };
 use crate::script::{self, Compiled, Origin};
+use crate::triggers::cron::{Cron, Schedule, parse_timezone};
 
 /// Paths that belong to the service itself and that no webhook may take.
 const RESERVED_PATHS: &[&str] = &["/api", "/healthz", "/readyz", "/metrics", "/ui"];
@@ -313,8 +315,11 @@ impl Loader {
         let on_pos = spans.key_or_parent("on");
         match (&file.on.webhook, &file.on.schedule) {
             (None, None) => {
-                self.error(on_pos, "`on` names no trigger").help =
-                    Some("add `webhook:` (with an optional `path`) under `on`".into());
+                self.error(on_pos, "`on` names no trigger").help = Some(
+                    "add `webhook:` (with an optional `path`) or `schedule:` (with a `cron` \
+                     expression) under `on`"
+                        .into(),
+                );
                 None
             }
             (Some(_), Some(_)) => {
@@ -322,14 +327,7 @@ impl Loader {
                     .help = Some("a rule has one trigger; split it into two rules".into());
                 None
             }
-            (None, Some(_)) => {
-                self.error(
-                    spans.key_or_parent("on.schedule"),
-                    "schedule triggers are not supported by this version of clientrules",
-                )
-                .help = Some("use a webhook trigger".into());
-                None
-            }
+            (None, Some(spec)) => self.schedule(spec, spans).map(Trigger::Schedule),
             (Some(hook), None) => {
                 let path = match &hook.path {
                     Some(raw) => {
@@ -371,6 +369,94 @@ impl Loader {
                     dedupe,
                 }))
             }
+        }
+    }
+
+    /// Validates `on.schedule`: the cron expression, the zone, the policies, and that
+    /// the schedule fires at all.
+    fn schedule(&mut self, spec: &ScheduleSpec, spans: &Spans) -> Option<ScheduleTrigger> {
+        let base = "on.schedule";
+        let cron = match Cron::parse(&spec.cron) {
+            Ok(cron) => Some(cron),
+            Err(e) => {
+                let pos = self.inside(spans, &format!("{base}.cron"), &spec.cron, e.offset);
+                let message = format!("invalid cron expression `{}`: {}", spec.cron.trim(), e);
+                self.error(pos, message).help = e.help.or_else(|| {
+                    Some("five fields: minute hour day-of-month month day-of-week".into())
+                });
+                None
+            }
+        };
+        let timezone = match &spec.timezone {
+            None => Some(chrono_tz::Tz::UTC),
+            Some(name) => match parse_timezone(name) {
+                Ok(tz) => Some(tz),
+                Err(e) => {
+                    let pos = spans.value_or_parent(&format!("{base}.timezone"));
+                    self.error(pos, e.message).help = e.help;
+                    None
+                }
+            },
+        };
+        let overlap = match spec.overlap.as_deref().map(str::trim) {
+            None | Some("skip") => Some(Overlap::Skip),
+            Some("queue") => Some(Overlap::Queue),
+            Some(other) => {
+                let pos = spans.value_or_parent(&format!("{base}.overlap"));
+                self.error(pos, format!("expected skip or queue, found `{other}`"))
+                    .help = Some(
+                    "skip: a tick while the last run is unfinished is skipped and counted; \
+                     queue: it runs after the last run"
+                        .into(),
+                );
+                None
+            }
+        };
+        let catch_up = match spec.catch_up.as_deref().map(str::trim) {
+            None | Some("latest") => Some(CatchUp::Latest),
+            Some("none") => Some(CatchUp::None),
+            Some(other) => {
+                let pos = spans.value_or_parent(&format!("{base}.catch_up"));
+                self.error(pos, format!("expected none or latest, found `{other}`"))
+                    .help = Some(
+                    "latest: after downtime, the last missed tick runs once; none: missed \
+                     ticks are only counted"
+                        .into(),
+                );
+                None
+            }
+        };
+        let cron = cron?;
+        // A schedule that never fires is a mistake, such as 30 February.
+        if let Some(e) = cron.never_fires(chrono::Utc::now().naive_utc()) {
+            let pos = spans.value_or_parent(&format!("{base}.cron"));
+            self.error(pos, e.message).help = e.help;
+            return None;
+        }
+        Some(ScheduleTrigger {
+            schedule: Schedule::new(cron, timezone?),
+            overlap: overlap?,
+            catch_up: catch_up?,
+        })
+    }
+
+    /// The position of a character inside a one-line scalar: the value's position moved
+    /// by the character offset, past the opening quote of a quoted scalar.
+    fn inside(&self, spans: &Spans, path: &str, text: &str, byte_offset: usize) -> Pos {
+        let Some(entry) = spans.get(path) else {
+            return spans.value_or_parent(path);
+        };
+        let chars = text.get(..byte_offset).map_or(0, |t| t.chars().count());
+        match entry.style {
+            Some(Style::Plain) => Pos {
+                line: entry.value.line,
+                column: entry.value.column + chars,
+            },
+            Some(Style::Quoted) => Pos {
+                line: entry.value.line,
+                column: entry.value.column + 1 + chars,
+            },
+            _ => entry.value,
         }
     }
 
@@ -1195,9 +1281,130 @@ mod tests {
         let d = only_error("name: lead\non: {}\nscript: \"let x = 1;\"\n");
         assert!(d.message.contains("names no trigger"), "{}", d.message);
         let d = only_error(
-            "name: lead\non:\n  schedule:\n    cron: '* * * * *'\nscript: \"let x = 1;\"\n",
+            "name: lead\non:\n  webhook: {}\n  schedule:\n    cron: '* * * * *'\nscript: \"let x = 1;\"\n",
         );
-        assert!(d.message.contains("not supported"), "{}", d.message);
+        assert!(d.message.contains("both"), "{}", d.message);
+    }
+
+    /// A scheduled rule with the given lines under `on.schedule`.
+    fn scheduled(lines: &str) -> String {
+        format!("name: nightly\non:\n  schedule:\n{lines}script: \"let x = 1;\"\n")
+    }
+
+    #[test]
+    fn a_schedule_loads_with_its_defaults() {
+        let (rule, errors) = load_text(&scheduled("    cron: '30 2 * * *'\n"));
+        assert!(errors.is_empty(), "{errors:#?}");
+        let rule = rule.unwrap();
+        let schedule = rule.schedule().unwrap();
+        assert_eq!(schedule.cron(), "30 2 * * *");
+        assert_eq!(schedule.timezone(), chrono_tz::Tz::UTC);
+        assert_eq!(schedule.overlap, Overlap::Skip);
+        assert_eq!(schedule.catch_up, CatchUp::Latest);
+        assert!(rule.webhook().is_none());
+        assert!(
+            rule.warnings.is_empty(),
+            "a schedule is not an open endpoint"
+        );
+
+        let (rule, errors) = load_text(&scheduled(
+            "    cron: \"@daily\"\n    timezone: Australia/Lord_Howe\n    overlap: queue\n    catch_up: none\n",
+        ));
+        assert!(errors.is_empty(), "{errors:#?}");
+        let rule = rule.unwrap();
+        let schedule = rule.schedule().unwrap();
+        assert_eq!(schedule.timezone(), chrono_tz::Tz::Australia__Lord_Howe);
+        assert_eq!(schedule.overlap, Overlap::Queue);
+        assert_eq!(schedule.catch_up, CatchUp::None);
+    }
+
+    #[test]
+    fn cron_errors_point_into_the_expression() {
+        // Plain scalar: the value starts at column 11, `32` four characters in.
+        let d = only_error(&scheduled("    cron: 0 0 32 * *\n"));
+        assert_eq!((d.line, d.column), (4, 15), "{d:?}");
+        assert!(
+            d.message
+                .contains("invalid cron expression `0 0 32 * *`: day-of-month 32 is out of range"),
+            "{}",
+            d.message
+        );
+        assert_eq!(d.rule.as_deref(), Some("nightly"));
+        // Quoted: one column further, past the quote.
+        let d = only_error(&scheduled("    cron: \"0 0 * * mon-fry\"\n"));
+        assert_eq!((d.line, d.column), (4, 24), "{d:?}");
+        assert!(d.message.contains("found `fry`"), "{}", d.message);
+        assert!(d.render().contains("mon-fry"));
+        let d = only_error(&scheduled("    cron: '0 0 * *'\n"));
+        assert!(d.message.contains("expected 5 fields"), "{}", d.message);
+        assert!(d.help.unwrap().contains("30 2 * * *"));
+        let d = only_error(&scheduled("    cron: '@sometimes'\n"));
+        assert!(d.message.contains("unknown cron macro"), "{}", d.message);
+    }
+
+    #[test]
+    fn a_schedule_that_never_fires_is_an_error() {
+        let d = only_error(&scheduled("    cron: '0 0 30 2 *'\n"));
+        assert_eq!((d.line, d.column), (4, 11));
+        assert!(
+            d.message
+                .contains("`0 0 30 2 *` never fires: day 30 never occurs in February"),
+            "{}",
+            d.message
+        );
+        let d = only_error(&scheduled("    cron: '0 0 0 1 1 * 2001'\n"));
+        assert!(d.message.contains("never fires"), "{}", d.message);
+        let (rule, errors) = load_text(&scheduled("    cron: '0 0 29 2 *'\n"));
+        assert!(rule.is_some() && errors.is_empty(), "{errors:#?}");
+    }
+
+    #[test]
+    fn unknown_time_zones_suggest_the_nearest() {
+        let d = only_error(&scheduled(
+            "    cron: '30 2 * * *'\n    timezone: America/Denvr\n",
+        ));
+        assert_eq!((d.line, d.column), (5, 15));
+        assert!(
+            d.message.contains("unknown time zone `America/Denvr`"),
+            "{}",
+            d.message
+        );
+        assert!(d.help.unwrap().contains("did you mean `America/Denver`?"));
+        let d = only_error(&scheduled(
+            "    cron: '30 2 * * *'\n    timezone: europe/london\n",
+        ));
+        assert!(d.help.unwrap().contains("`Europe/London`"));
+    }
+
+    #[test]
+    fn overlap_and_catch_up_take_their_words_only() {
+        let d = only_error(&scheduled("    cron: '30 2 * * *'\n    overlap: wait\n"));
+        assert_eq!((d.line, d.column), (5, 14));
+        assert!(
+            d.message.contains("expected skip or queue, found `wait`"),
+            "{}",
+            d.message
+        );
+        let d = only_error(&scheduled("    cron: '30 2 * * *'\n    catch_up: all\n"));
+        assert_eq!((d.line, d.column), (5, 15));
+        assert!(
+            d.message.contains("expected none or latest, found `all`"),
+            "{}",
+            d.message
+        );
+        let d = only_error(&scheduled("    cron: '30 2 * * *'\n    catchup: none\n"));
+        assert!(d.help.unwrap().contains("did you mean `catch_up`?"));
+    }
+
+    #[test]
+    fn every_schedule_problem_is_reported_at_once() {
+        let (rule, errors) = load_text(&scheduled(
+            "    cron: '61 * * * *'\n    timezone: Nowhere/City\n    overlap: maybe\n    catch_up: some\n",
+        ));
+        assert!(rule.is_none());
+        assert_eq!(errors.len(), 4, "{errors:#?}");
+        let lines: Vec<usize> = errors.iter().map(|d| d.line).collect();
+        assert_eq!(lines, [4, 5, 6, 7]);
     }
 
     #[test]

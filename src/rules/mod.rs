@@ -167,9 +167,53 @@ pub struct WebhookTrigger {
     pub dedupe: Option<Compiled>,
 }
 
+/// What a tick does while the rule's previous scheduled run is unfinished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Overlap {
+    /// The tick is skipped and counted.
+    Skip,
+    /// The tick's run waits for the previous one to finish.
+    Queue,
+}
+
+/// What the service does, when it starts, about ticks it missed while it was down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CatchUp {
+    /// Missed ticks are counted, and none runs.
+    None,
+    /// The most recent missed tick runs once; the others are counted.
+    Latest,
+}
+
+/// A schedule trigger: a cron expression in a time zone, and what to do about ticks
+/// that overlap a run or that fell while the service was down.
 #[derive(Debug, Clone)]
+pub struct ScheduleTrigger {
+    pub schedule: crate::triggers::cron::Schedule,
+    pub overlap: Overlap,
+    pub catch_up: CatchUp,
+}
+
+impl ScheduleTrigger {
+    /// The cron expression as written.
+    pub fn cron(&self) -> &str {
+        self.schedule.cron.source()
+    }
+
+    pub fn timezone(&self) -> chrono_tz::Tz {
+        self.schedule.timezone
+    }
+}
+
+/// What a rule subscribes to. One a rule, built once at load: the size of the largest
+/// variant costs nothing worth a box.
+#[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)]
 pub enum Trigger {
     Webhook(WebhookTrigger),
+    Schedule(ScheduleTrigger),
 }
 
 /// One loaded rule, ready to run.
@@ -193,6 +237,14 @@ impl Rule {
     pub fn webhook(&self) -> Option<&WebhookTrigger> {
         match &self.trigger {
             Trigger::Webhook(w) => Some(w),
+            Trigger::Schedule(_) => None,
+        }
+    }
+
+    pub fn schedule(&self) -> Option<&ScheduleTrigger> {
+        match &self.trigger {
+            Trigger::Schedule(s) => Some(s),
+            Trigger::Webhook(_) => None,
         }
     }
 }
