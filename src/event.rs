@@ -36,6 +36,39 @@ pub struct FileMeta {
     pub size: u64,
 }
 
+/// The tick of a schedule that an event stands for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tick {
+    /// The rule's cron expression, as written.
+    pub cron: String,
+    /// The rule's IANA time zone.
+    pub timezone: String,
+    /// The instant the tick was due.
+    pub scheduled_for: DateTime<Utc>,
+}
+
+impl Tick {
+    /// The `event.schedule` map of a script: the tick in UTC, and as the zone's wall time.
+    fn to_script_value(&self) -> Value {
+        let utc = self
+            .scheduled_for
+            .to_rfc3339_opts(SecondsFormat::Secs, true);
+        let local = match self.timezone.parse::<chrono_tz::Tz>() {
+            Ok(tz) => self
+                .scheduled_for
+                .with_timezone(&tz)
+                .to_rfc3339_opts(SecondsFormat::Secs, false),
+            Err(_) => utc.clone(),
+        };
+        let mut map = Map::new();
+        map.insert("cron".into(), Value::String(self.cron.clone()));
+        map.insert("timezone".into(), Value::String(self.timezone.clone()));
+        map.insert("scheduled_for".into(), Value::String(utc));
+        map.insert("local".into(), Value::String(local));
+        Value::Object(map)
+    }
+}
+
 /// One event. `raw` is kept apart from the rest, as the bytes received.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
@@ -57,6 +90,9 @@ pub struct Event {
     pub files: Vec<FileMeta>,
     #[serde(skip)]
     pub raw: Bytes,
+    /// The tick, for an event of a schedule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<Tick>,
 }
 
 impl Event {
@@ -109,6 +145,24 @@ impl Event {
             body,
             files: Vec::new(),
             raw,
+            schedule: None,
+        }
+    }
+
+    /// The event of a schedule's tick.
+    pub fn scheduled(tick: Tick, received_at: DateTime<Utc>) -> Event {
+        Event {
+            id: Event::new_id(),
+            source: Source::Schedule,
+            received_at,
+            path: String::new(),
+            method: String::new(),
+            query: Map::new(),
+            headers: Map::new(),
+            body: Value::Null,
+            files: Vec::new(),
+            raw: Bytes::new(),
+            schedule: Some(tick),
         }
     }
 
@@ -139,6 +193,9 @@ impl Event {
             "raw".into(),
             Value::String(String::from_utf8_lossy(&self.raw).into_owned()),
         );
+        if let Some(tick) = &self.schedule {
+            map.insert("schedule".into(), tick.to_script_value());
+        }
         Value::Object(map)
     }
 }

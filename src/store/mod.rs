@@ -2,6 +2,7 @@
 //! committed together before a webhook is answered; workers claim jobs with a lease.
 
 pub mod ingest;
+mod schedule;
 pub mod sqlite;
 
 use std::time::Duration;
@@ -174,6 +175,69 @@ pub struct RunFilter {
     pub limit: usize,
 }
 
+/// A tick of a scheduled rule to record, and what to do if this process is the first
+/// to record it.
+#[derive(Debug, Clone)]
+pub struct NewTick {
+    pub rule: String,
+    /// The instant the tick was due; with the rule, the tick's identity.
+    pub scheduled_for: DateTime<Utc>,
+    pub action: TickAction,
+}
+
+/// What recording a tick does.
+#[derive(Debug, Clone)]
+pub enum TickAction {
+    /// Stores the event with one job of the rule; with `skip_while_unfinished`, records
+    /// the tick as skipped instead while a scheduled job of the rule is pending or
+    /// running.
+    Fire {
+        event: Event,
+        max_attempts: u32,
+        skip_while_unfinished: bool,
+    },
+    /// Records the tick as missed: no event.
+    Miss,
+}
+
+/// What became of a tick. `missed` counts the ticks between the rule's previous handled
+/// tick and this one, which no process handled: they are added to the rule's skipped
+/// ticks along with this one's outcome, by whichever process records the tick.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TickOutcome {
+    Fired {
+        event_id: String,
+        missed: u64,
+    },
+    /// Skipped because the rule's previous scheduled job is unfinished.
+    Overlapped {
+        missed: u64,
+    },
+    Missed {
+        missed: u64,
+    },
+    /// This tick, or a later one, was already recorded (by another process, say):
+    /// nothing was done.
+    AlreadyHandled,
+}
+
+/// The schedule status of a rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ScheduleState {
+    pub rule: String,
+    /// Ticks up to this instant are handled: the last one recorded, or, before the
+    /// first, when the rule was first scheduled.
+    pub handled_through: DateTime<Utc>,
+    /// The last tick recorded and what became of it (`fired`, `overlap`, `missed`).
+    pub last_tick: Option<DateTime<Utc>>,
+    pub last_outcome: Option<String>,
+    pub fired: u64,
+    /// Ticks skipped while the previous run was unfinished.
+    pub skipped_overlap: u64,
+    /// Ticks that fell while no service was running and did not run.
+    pub skipped_missed: u64,
+}
+
 /// The interface both store engines implement.
 pub trait Store: Send + Sync {
     /// Commits a batch of events, each with its files and jobs, in one transaction:
@@ -237,4 +301,24 @@ pub trait Store: Send + Sync {
 
     /// The state of a job.
     fn job_state(&self, job_id: i64) -> Result<Option<JobState>>;
+
+    // Schedules.
+
+    /// Starts tracking a scheduled rule: the first call for a rule records `now` as the
+    /// instant its ticks are handled through; later calls change nothing. Returns the
+    /// rule's state.
+    fn schedule_start(&self, rule: &str, now: DateTime<Utc>) -> Result<ScheduleState>;
+
+    /// Records a tick under (rule, scheduled time), once in the whole store: only the
+    /// first process to record it, and only if no later tick of the rule is recorded,
+    /// carries out its action, in the same transaction. `missed_between(a, b)` counts
+    /// the rule's ticks strictly between two instants.
+    fn record_tick(
+        &self,
+        tick: &NewTick,
+        missed_between: &dyn Fn(DateTime<Utc>, DateTime<Utc>) -> u64,
+    ) -> Result<TickOutcome>;
+
+    /// The schedule state of every rule that has one.
+    fn schedule_states(&self) -> Result<Vec<ScheduleState>>;
 }

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, TimeZone, Utc};
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{
-    EventSummary, Inserted, Job, JobNext, JobState, JobSummary, JournalEntry, NewEvent, Result,
-    RunFilter, Store, StoreError, StoredRun,
+    EventSummary, Inserted, Job, JobNext, JobState, JobSummary, JournalEntry, NewEvent, NewTick,
+    Result, RunFilter, ScheduleState, Store, StoreError, StoredRun, TickOutcome, schedule,
 };
 use crate::event::Event;
 
@@ -68,6 +68,21 @@ CREATE TABLE IF NOT EXISTS journal (
     result TEXT NOT NULL,
     PRIMARY KEY (job_id, sequence)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS schedule_ticks (
+    rule TEXT NOT NULL,
+    scheduled_for INTEGER NOT NULL,
+    outcome TEXT NOT NULL,
+    event_id TEXT,
+    recorded_at INTEGER NOT NULL,
+    PRIMARY KEY (rule, scheduled_for)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS schedule_state (
+    rule TEXT PRIMARY KEY,
+    handled_through INTEGER NOT NULL,
+    fired INTEGER NOT NULL DEFAULT 0,
+    skipped_overlap INTEGER NOT NULL DEFAULT 0,
+    skipped_missed INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS run_clients (
     run_id TEXT NOT NULL,
     client_id TEXT NOT NULL,
@@ -86,11 +101,11 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
-fn millis(t: DateTime<Utc>) -> i64 {
+pub(super) fn millis(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
 }
 
-fn from_millis(ms: i64) -> DateTime<Utc> {
+pub(super) fn from_millis(ms: i64) -> DateTime<Utc> {
     Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
 }
 
@@ -125,6 +140,16 @@ impl SqliteStore {
         if !has_replay {
             conn.execute_batch("ALTER TABLE jobs ADD COLUMN replay_of INTEGER")?;
         }
+        // Jobs of schedule ticks run one at a time per rule; older files lack the mark.
+        let has_serial: bool = conn
+            .prepare("SELECT 1 FROM pragma_table_info('jobs') WHERE name = 'serial'")?
+            .exists([])?;
+        if !has_serial {
+            conn.execute_batch("ALTER TABLE jobs ADD COLUMN serial INTEGER NOT NULL DEFAULT 0")?;
+        }
+        conn.execute_batch(
+            "CREATE INDEX IF NOT EXISTS jobs_serial ON jobs (rule, state) WHERE serial = 1",
+        )?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
         })
@@ -242,9 +267,14 @@ impl Store for SqliteStore {
                 "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_until = ?2,
                         updated_at = ?1
                  WHERE id = (
-                     SELECT id FROM jobs
-                     WHERE (state = 'pending' AND run_at <= ?1)
-                        OR (state = 'running' AND lease_until < ?1)
+                     SELECT id FROM jobs j
+                     WHERE ((state = 'pending' AND run_at <= ?1)
+                        OR (state = 'running' AND lease_until < ?1))
+                       -- A tick's job waits while another of its rule runs.
+                       AND NOT (serial = 1 AND EXISTS (
+                           SELECT 1 FROM jobs r
+                           WHERE r.serial = 1 AND r.rule = j.rule AND r.state = 'running'
+                             AND r.lease_until >= ?1 AND r.id <> j.id))
                      ORDER BY run_at, id LIMIT 1)
                  RETURNING id, event_id, rule, attempts, max_attempts, replay_of",
                 params![now, until],
@@ -461,6 +491,48 @@ impl Store for SqliteStore {
         Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
     }
 
+    fn schedule_start(&self, rule: &str, now: DateTime<Utc>) -> Result<ScheduleState> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT OR IGNORE INTO schedule_state (rule, handled_through) VALUES (?1, ?2)",
+            params![rule, millis(now)],
+        )?;
+        Ok(conn.query_row(
+            &format!(
+                "SELECT {} FROM schedule_state s WHERE s.rule = ?1",
+                schedule::STATE_COLUMNS
+            ),
+            [rule],
+            schedule::state,
+        )?)
+    }
+
+    fn record_tick(
+        &self,
+        tick: &NewTick,
+        missed_between: &dyn Fn(DateTime<Utc>, DateTime<Utc>) -> u64,
+    ) -> Result<TickOutcome> {
+        let mut conn = self.conn();
+        // IMMEDIATE: the write lock first, so that two processes cannot both read the
+        // rule's state before either writes.
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let outcome = schedule::record(&tx, tick, missed_between)?;
+        if outcome != TickOutcome::AlreadyHandled {
+            tx.commit()?;
+        }
+        Ok(outcome)
+    }
+
+    fn schedule_states(&self) -> Result<Vec<ScheduleState>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {} FROM schedule_state s ORDER BY s.rule",
+            schedule::STATE_COLUMNS
+        ))?;
+        let rows = stmt.query_map([], schedule::state)?;
+        Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
+    }
+
     fn job_state(&self, job_id: i64) -> Result<Option<JobState>> {
         let conn = self.conn();
         let state: Option<String> = conn
@@ -472,7 +544,7 @@ impl Store for SqliteStore {
     }
 }
 
-fn insert_one(tx: &rusqlite::Transaction<'_>, item: &NewEvent, now: i64) -> Result<()> {
+pub(super) fn insert_one(tx: &rusqlite::Transaction<'_>, item: &NewEvent, now: i64) -> Result<()> {
     let event = &item.event;
     let data = serde_json::to_string(event).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     tx.execute(

@@ -192,6 +192,7 @@ pub async fn handle(State(app): State<Arc<AppState>>, request: Request) -> Respo
         body: decoded.body,
         files: metas,
         raw,
+        schedule: None,
     };
     let jobs = vec![NewJob {
         rule: rule.name.clone(),
