@@ -121,6 +121,12 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         metrics: metrics.clone(),
     };
     let pool = Pool::start(context, settings.workers).context("cannot start the workers")?;
+    let scheduler = crate::triggers::schedule::spawn(
+        store.clone(),
+        shared.clone(),
+        wake.clone(),
+        Arc::new(crate::triggers::schedule::SystemClock),
+    );
 
     let ingest = crate::store::ingest::Ingestor::start(store.clone(), settings.commit)
         .context("cannot start the ingest writer")?;
@@ -152,6 +158,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         "stopping: running jobs get {} s to finish",
         settings.shutdown_grace
     );
+    scheduler.shutdown().await;
     let grace = Duration::from_secs(settings.shutdown_grace);
     tokio::task::spawn_blocking(move || pool.shutdown(grace)).await?;
     drop(lock);

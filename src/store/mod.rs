@@ -192,7 +192,7 @@ pub enum TickAction {
     /// the tick as skipped instead while a scheduled job of the rule is pending or
     /// running.
     Fire {
-        event: Event,
+        event: Box<Event>,
         max_attempts: u32,
         skip_while_unfinished: bool,
     },

@@ -84,7 +84,7 @@ pub(super) fn record(
             ..
         } => {
             let item = NewEvent {
-                event: event.clone(),
+                event: event.as_ref().clone(),
                 files: Vec::new(),
                 jobs: Vec::new(),
                 dedupe: None,
