@@ -15,8 +15,11 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
+use chrono::{DateTime, Utc};
+
+use crate::rules::ScheduleTrigger;
 use crate::server::AppState;
-use crate::store::RunFilter;
+use crate::store::{RunFilter, ScheduleState};
 use crate::triggers::webhook::error_response;
 use crate::worker::current_rules;
 
@@ -91,22 +94,55 @@ async fn ready(State(app): State<Arc<AppState>>) -> Response {
 
 async fn rules(State(app): State<Arc<AppState>>) -> Response {
     let set = current_rules(&app.rules);
+    let store = app.store.clone();
+    let states = match tokio::task::spawn_blocking(move || store.schedule_states()).await {
+        Ok(Ok(states)) => states,
+        _ => return error_response(StatusCode::SERVICE_UNAVAILABLE, "the store does not answer"),
+    };
+    let now = chrono::Utc::now();
     let rules: Vec<_> = set
         .rules()
         .iter()
         .map(|r| {
+            let state = states.iter().find(|s| s.rule == r.name);
             json!({
                 "name": r.name,
                 "description": r.description,
                 "file": r.file,
                 "path": r.webhook().map(|w| &w.path),
                 "verified": r.webhook().is_some_and(|w| w.verify.as_ref().is_some_and(|v| v.authenticates())),
+                "schedule": r.schedule().map(|s| schedule_status(s, state, now)),
                 "warnings": r.warnings.iter().map(ToString::to_string).collect::<Vec<_>>(),
             })
         })
         .collect();
     let errors: Vec<String> = set.errors().map(ToString::to_string).collect();
     Json(json!({ "rules": rules, "errors": errors })).into_response()
+}
+
+/// A scheduled rule's status: its schedule, its next tick, and what became of its
+/// ticks so far, skipped ones counted by reason.
+fn schedule_status(
+    trigger: &ScheduleTrigger,
+    state: Option<&ScheduleState>,
+    now: DateTime<Utc>,
+) -> serde_json::Value {
+    let next = trigger.schedule.next_after(now).map(|f| f.at);
+    let (fired, overlap, missed) = state.map_or((0, 0, 0), |s| {
+        (s.fired, s.skipped_overlap, s.skipped_missed)
+    });
+    json!({
+        "cron": trigger.cron(),
+        "timezone": trigger.timezone().name(),
+        "overlap": trigger.overlap,
+        "catch_up": trigger.catch_up,
+        "next": next,
+        "next_local": next.map(|t| t.with_timezone(&trigger.timezone()).to_rfc3339()),
+        "last_tick": state.and_then(|s| s.last_tick),
+        "last_outcome": state.and_then(|s| s.last_outcome.clone()),
+        "fired": fired,
+        "skipped": { "total": overlap + missed, "overlap": overlap, "missed": missed },
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -169,5 +205,54 @@ async fn run(State(app): State<Arc<AppState>>, Path(id): Path<String>) -> Respon
         Ok(Ok(Some(run))) => Json(run.record).into_response(),
         Ok(Ok(None)) => error_response(StatusCode::NOT_FOUND, "no such run"),
         _ => error_response(StatusCode::SERVICE_UNAVAILABLE, "the store does not answer"),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::rules::{CatchUp, Overlap};
+    use crate::triggers::cron::{Cron, Schedule};
+
+    fn utc(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    #[test]
+    fn schedule_status_shows_the_next_tick_and_skipped_ticks_by_reason() {
+        let trigger = ScheduleTrigger {
+            schedule: Schedule::new(
+                Cron::parse("30 2 * * *").unwrap(),
+                chrono_tz::Tz::America__Denver,
+            ),
+            overlap: Overlap::Skip,
+            catch_up: CatchUp::Latest,
+        };
+        let state = ScheduleState {
+            rule: "nightly".into(),
+            handled_through: utc("2024-05-01T08:30:00Z"),
+            last_tick: Some(utc("2024-05-01T08:30:00Z")),
+            last_outcome: Some("overlap".into()),
+            fired: 7,
+            skipped_overlap: 2,
+            skipped_missed: 3,
+        };
+        let status = schedule_status(&trigger, Some(&state), utc("2024-05-01T12:00:00Z"));
+        assert_eq!(status["next"], "2024-05-02T08:30:00Z");
+        assert_eq!(status["next_local"], "2024-05-02T02:30:00-06:00");
+        assert_eq!(status["overlap"], "skip");
+        assert_eq!(status["catch_up"], "latest");
+        assert_eq!(status["fired"], 7);
+        assert_eq!(status["last_outcome"], "overlap");
+        assert_eq!(
+            status["skipped"],
+            json!({"total": 5, "overlap": 2, "missed": 3})
+        );
+        let fresh = schedule_status(&trigger, None, utc("2024-05-01T12:00:00Z"));
+        assert_eq!(fresh["skipped"]["total"], 0);
+        assert_eq!(fresh["last_tick"], serde_json::Value::Null);
     }
 }
