@@ -1,4 +1,4 @@
-//! The command line: `serve`, `validate`, `run` and `clients`.
+//! The command line: `serve`, `validate`, `test`, `run`, `clients` and `sim`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -77,6 +77,63 @@ pub enum Command {
         #[command(subcommand)]
         command: ClientsCommand,
     },
+    /// Serve a local stand-in for the Spectora Clients API.
+    Sim(SimArgs),
+}
+
+/// The simulator's flags.
+#[derive(Debug, clap::Args)]
+pub struct SimArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8090")]
+    pub listen: std::net::SocketAddr,
+    /// An API key it accepts; each key is one company. Repeat for several.
+    #[arg(long = "key", required = true)]
+    pub keys: Vec<String>,
+    /// Folder of its database; without one, clients live in memory.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// A JSON file of clients to load at start: an array (for the first key) or an
+    /// object of arrays by key.
+    #[arg(long)]
+    pub seed: Option<PathBuf>,
+    /// Milliseconds to wait before every answer.
+    #[arg(long, default_value_t = 0)]
+    pub latency: u64,
+    /// The share of requests, from 0 to 1, answered with a server error.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
+    pub fail_rate: f64,
+    /// The status of those server errors.
+    #[arg(long, default_value_t = 503, value_parser = clap::value_parser!(u16).range(500..=599))]
+    pub fail_status: u16,
+    /// Requests a minute each key may make before it is answered 429; 0 for no limit.
+    #[arg(long, default_value_t = 0)]
+    pub rate_limit: u32,
+    /// Answer 429 without a Retry-After header.
+    #[arg(long)]
+    pub no_retry_after: bool,
+}
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    text.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|p| (0.0..=1.0).contains(p))
+        .ok_or_else(|| format!("expected a share from 0 to 1, such as 0.1, found {text:?}"))
+}
+
+impl SimArgs {
+    pub fn config(&self) -> crate::sim::SimConfig {
+        let mut config = crate::sim::SimConfig::new(self.keys.iter().cloned());
+        config.data = self.data.clone();
+        config.seed = self.seed.clone();
+        config.latency = std::time::Duration::from_millis(self.latency);
+        config.fail_rate = self.fail_rate;
+        config.fail_status = self.fail_status;
+        config.rate_limit = self.rate_limit;
+        config.retry_after = !self.no_retry_after;
+        config
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -109,7 +166,7 @@ pub enum ClientsCommand {
 /// Runs a command other than `serve`; returns the process exit code.
 pub fn run_command(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Serve { .. } => bail!("serve runs on the async runtime"),
+        Command::Serve { .. } | Command::Sim(_) => bail!("this command runs on the async runtime"),
         Command::Validate { dir, rules } => validate(&dir.unwrap_or(rules)),
         Command::Test { paths, rules } => {
             let paths = if paths.is_empty() { vec![rules] } else { paths };

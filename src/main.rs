@@ -8,7 +8,7 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let serving = matches!(cli.command, Command::Serve { .. });
+    let serving = matches!(cli.command, Command::Serve { .. } | Command::Sim(_));
     let default_level = if serving { "info" } else { "warn" };
     let filter = EnvFilter::try_from_env("CLIENTRULES_LOG")
         .unwrap_or_else(|_| EnvFilter::new(default_level));
@@ -23,6 +23,12 @@ fn main() -> ExitCode {
             .build()
             .map_err(anyhow::Error::from)
             .and_then(|rt| rt.block_on(clientrules::server::serve(settings)))
+            .map(|()| ExitCode::SUCCESS),
+        Command::Sim(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(clientrules::sim::run(args.config(), args.listen)))
             .map(|()| ExitCode::SUCCESS),
         command => clientrules::cli::run_command(command),
     };

@@ -305,7 +305,12 @@ impl Cron {
                 self.days_of_month.values.iter().all(|&d| d > longest)
             });
         let message = if impossible_day {
-            let days: Vec<String> = self.days_of_month.values.iter().map(u32::to_string).collect();
+            let days: Vec<String> = self
+                .days_of_month
+                .values
+                .iter()
+                .map(u32::to_string)
+                .collect();
             let months: Vec<&str> = self.month_values().iter().map(|&m| month_name(m)).collect();
             format!(
                 "the schedule `{}` never fires: day {} never occurs in {}",
@@ -406,11 +411,17 @@ fn parse_item(
             let n: u32 = step.parse().map_err(|_| {
                 (
                     at,
-                    format!("expected a step after `/` in the {} field, found `{step}`", kind.name),
+                    format!(
+                        "expected a step after `/` in the {} field, found `{step}`",
+                        kind.name
+                    ),
                 )
             })?;
             if n == 0 {
-                return Err((at, format!("a step in the {} field must be at least 1", kind.name)));
+                return Err((
+                    at,
+                    format!("a step in the {} field must be at least 1", kind.name),
+                ));
             }
             (base, Some(n))
         }
@@ -418,7 +429,10 @@ fn parse_item(
     };
     let (low, high) = if base == "*" || base == "?" {
         if base == "?" && kind.name != DAY_OF_MONTH.name && kind.name != DAY_OF_WEEK.name {
-            return Err((0, format!("`?` is only for the day fields, not the {}", kind.name)));
+            return Err((
+                0,
+                format!("`?` is only for the day fields, not the {}", kind.name),
+            ));
         }
         (kind.min, kind.max)
     } else if let Some((a, b)) = base.split_once('-') {
@@ -667,8 +681,10 @@ pub fn parse_timezone(name: &str) -> Result<Tz, CronError> {
         .find(|tz| tz.name().to_ascii_lowercase() == lower)
     {
         return Err(
-            CronError::new(0, format!("unknown time zone `{name}`"))
-                .with_help(format!("time zone names are case-sensitive: `{}`", tz.name())),
+            CronError::new(0, format!("unknown time zone `{name}`")).with_help(format!(
+                "time zone names are case-sensitive: `{}`",
+                tz.name()
+            )),
         );
     }
     let mut close: Vec<(usize, &str)> = chrono_tz::TZ_VARIANTS
@@ -684,7 +700,9 @@ pub fn parse_timezone(name: &str) -> Result<Tz, CronError> {
         .collect();
     close.sort();
     let help = match close.first() {
-        Some((_, best)) => format!("did you mean `{best}`? zones are IANA names such as America/Denver"),
+        Some((_, best)) => {
+            format!("did you mean `{best}`? zones are IANA names such as America/Denver")
+        }
         None => "zones are IANA names such as America/Denver, Europe/London or UTC".to_owned(),
     };
     Err(CronError::new(0, format!("unknown time zone `{name}`")).with_help(help))
