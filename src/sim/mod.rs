@@ -180,23 +180,41 @@ pub async fn run(config: SimConfig, listen: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts a simulator on a thread of its own, so blocking callers (the HTTP client's
-/// tests) can use it from any thread; it stops when the handle is dropped.
+/// Starts a simulator on a thread of its own, with a runtime of its own, so that any
+/// caller (a blocking test of the HTTP client, or an async one) can use it; it stops
+/// when the handle is dropped.
 pub fn spawn(config: SimConfig, listen: SocketAddr) -> anyhow::Result<SimHandle> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the simulator's runtime")?;
-    let (sim, listener) = runtime.block_on(prepare(&config, listen))?;
-    let addr = listener.local_addr()?;
-    let faults = sim.faults.clone();
-    let store = sim.store.clone();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (stop, stopped) = oneshot::channel::<()>();
     let thread = std::thread::Builder::new()
         .name("clientrules-sim".into())
         .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(anyhow::Error::from(e)));
+                    return;
+                }
+            };
             runtime.block_on(async move {
+                let (sim, listener) = match prepare(&config, listen).await {
+                    Ok(prepared) => prepared,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let ready = listener
+                    .local_addr()
+                    .map(|addr| (addr, sim.faults.clone(), sim.store.clone()))
+                    .map_err(anyhow::Error::from);
+                if ready_tx.send(ready).is_err() {
+                    return;
+                }
                 let shutdown = async move {
                     let _ = stopped.await;
                 };
@@ -207,6 +225,9 @@ pub fn spawn(config: SimConfig, listen: SocketAddr) -> anyhow::Result<SimHandle>
             runtime.shutdown_timeout(Duration::from_secs(1));
         })
         .context("cannot start the simulator's thread")?;
+    let (addr, faults, store) = ready_rx
+        .recv()
+        .context("the simulator's thread ended before it listened")??;
     Ok(SimHandle {
         addr,
         faults,

@@ -1,0 +1,131 @@
+//! `clientrules serve` on the Spectora backend: the real binary, configured with a
+//! simulator's URL and key, receives a shipped example webhook; the client is then read
+//! from the simulator with a plain HTTP request, not through the client under test.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use clientrules::sim::{self, SimConfig, SimHandle};
+use serde_json::Value;
+
+use common::{Service, data_dir, example, shipped_rules};
+
+const KEY: &str = "e2e-test-key-5b1f";
+
+/// The contacts the simulator holds for `KEY`, read over plain HTTP.
+async fn contacts(sim: &SimHandle) -> Vec<Value> {
+    let response = reqwest::Client::new()
+        .get(format!("{}/v2/contacts?page%5Bsize%5D=200", sim.base_url()))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .expect("GET /v2/contacts failed");
+    assert_eq!(response.status(), 200);
+    let document: Value = response.json().await.expect("a JSON:API document");
+    document["data"].as_array().cloned().unwrap_or_default()
+}
+
+fn requests(sim: &SimHandle) -> (u64, u64, u64) {
+    let counts = sim.faults.counts();
+    let get = |name: &str| counts.get(name).copied().unwrap_or(0);
+    (
+        get("GET /v2/contacts") + get("GET /v2/contacts/{id}"),
+        get("POST /v2/contacts"),
+        get("PATCH /v2/contacts/{id}"),
+    )
+}
+
+#[tokio::test]
+async fn a_shipped_webhook_creates_its_client_in_the_spectora_api() {
+    let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let sim = sim::spawn(SimConfig::new([KEY]), addr).unwrap();
+    let data = data_dir();
+    let base = sim.base_url();
+    let service = Service::start(
+        &shipped_rules(),
+        data.path(),
+        &[],
+        &[("SPECTORA_API_KEY", KEY), ("SPECTORA_BASE_URL", &base)],
+    );
+    assert!(
+        service.logs().contains("through the Spectora API"),
+        "{}",
+        service.logs()
+    );
+    assert!(!service.logs().contains(KEY), "the key is in the logs");
+
+    // A new lead: one search for the email, one create, and its tag in the same write.
+    service
+        .accept_json("/hooks/typeform", &example("typeform.json"))
+        .await;
+    let runs = service.wait_for_runs("rule=typeform", 1).await;
+    assert_eq!(runs[0]["status"], "succeeded", "{:#}", runs[0]);
+    let found = contacts(&sim).await;
+    assert_eq!(found.len(), 1, "{found:#?}");
+    let attributes = &found[0]["attributes"];
+    assert_eq!(attributes["email"], "jane.baker@example.com");
+    assert_eq!(attributes["first_name"], "Jane");
+    assert_eq!(attributes["last_name"], "Baker");
+    assert_eq!(attributes["phone"], "+13035550111");
+    assert_eq!(attributes["tags"], serde_json::json!(["typeform-lead"]));
+    let after_create = requests(&sim);
+    assert_eq!(after_create.1, 1, "one create: {:?}", sim.faults.counts());
+
+    // The same submission again changes nothing, so it only reads.
+    sim.faults.reset_counts();
+    service
+        .accept_json("/hooks/typeform", &example("typeform.json"))
+        .await;
+    let runs = service.wait_for_runs("rule=typeform", 2).await;
+    assert!(runs.iter().all(|r| r["status"] == "succeeded"), "{runs:#?}");
+    let (reads, creates, updates) = requests(&sim);
+    assert_eq!((creates, updates), (0, 0), "{:?}", sim.faults.counts());
+    assert_eq!(reads, 1, "one search: {:?}", sim.faults.counts());
+
+    // A new phone number: one search and one update, nothing else.
+    sim.faults.reset_counts();
+    let changed = example("typeform.json").replace("+13035550111", "+13035550199");
+    assert_ne!(changed, example("typeform.json"));
+    service.accept_json("/hooks/typeform", &changed).await;
+    let runs = service.wait_for_runs("rule=typeform", 3).await;
+    assert!(runs.iter().all(|r| r["status"] == "succeeded"), "{runs:#?}");
+    let (reads, creates, updates) = requests(&sim);
+    assert_eq!(
+        (reads, creates, updates),
+        (1, 0, 1),
+        "{:?}",
+        sim.faults.counts()
+    );
+    let found = contacts(&sim).await;
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0]["attributes"]["phone"], "+13035550199");
+}
+
+#[tokio::test]
+async fn a_wrong_key_fails_the_run_without_a_retry_and_without_the_key_in_the_record() {
+    let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let sim = sim::spawn(SimConfig::new([KEY]), addr).unwrap();
+    let data = data_dir();
+    let base = sim.base_url();
+    let wrong = "wrong-key-abcdef-123456";
+    let service = Service::start(
+        &shipped_rules(),
+        data.path(),
+        &[],
+        &[("SPECTORA_API_KEY", wrong), ("SPECTORA_BASE_URL", &base)],
+    );
+    service
+        .accept_json("/hooks/typeform", &example("typeform.json"))
+        .await;
+    let runs = service.wait_for_runs("rule=typeform", 1).await;
+    assert_eq!(runs[0]["status"], "failed", "{:#}", runs[0]);
+    let record = runs[0].to_string();
+    assert!(record.contains("401"), "{record}");
+    assert!(
+        !record.contains(wrong),
+        "the key is in the run record: {record}"
+    );
+    assert!(!service.logs().contains(wrong), "the key is in the logs");
+    assert!(contacts(&sim).await.is_empty());
+}
