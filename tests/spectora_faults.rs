@@ -2,6 +2,9 @@
 //! `Retry-After` (on a controlled clock: no real waiting), server errors, a server that
 //! hangs, pagination that would loop, and a create whose answer is lost.
 
+// A failed unwrap is a failed test, with the value in its message.
+#![allow(clippy::unwrap_used)]
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

@@ -2,6 +2,9 @@
 //! simulator's URL and key, receives a shipped example webhook; the client is then read
 //! from the simulator with a plain HTTP request, not through the client under test.
 
+// A failed unwrap is a failed test, with the value in its message.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::net::SocketAddr;
