@@ -333,7 +333,7 @@ fn read_event(
     body: Option<PathBuf>,
     content_type: Option<String>,
     path: &str,
-) -> anyhow::Result<Event> {
+) -> anyhow::Result<(Event, UploadedFiles)> {
     if let Some(file) = event {
         let text = std::fs::read_to_string(&file)
             .with_context(|| format!("cannot read the event file {}", file.display()))?;
@@ -349,7 +349,7 @@ fn read_event(
         if event.path.is_empty() {
             event.path = path.to_owned();
         }
-        return Ok(event);
+        return Ok((event, UploadedFiles::new()));
     }
     let Some(file) = body else {
         bail!("give the event with --event FILE (a map with `body`) or --body FILE (a raw body)");
@@ -381,8 +381,24 @@ fn read_event(
     event
         .headers
         .insert("content-type".into(), Value::String(media));
-    Ok(event)
+    // File parts stay in memory for the run, as the store holds them for a delivery.
+    let mut files = UploadedFiles::new();
+    for file in decoded.files {
+        let id = Event::new_id();
+        event.files.push(crate::event::FileMeta {
+            id: id.clone(),
+            field: file.field,
+            filename: file.filename,
+            content_type: file.content_type,
+            size: file.bytes.len() as u64,
+        });
+        files.insert(id, file.bytes);
+    }
+    Ok((event, files))
 }
+
+/// The bytes of the files of an event read from the command line, by file id.
+type UploadedFiles = std::collections::HashMap<String, Bytes>;
 
 fn run_rule(
     settings: &Settings,
@@ -410,15 +426,18 @@ fn run_rule(
         );
     };
     let path = rule.webhook().map(|w| w.path.clone()).unwrap_or_default();
-    let event = read_event(event, body, content_type, &path)?;
+    let (event, files) = read_event(event, body, content_type, &path)?;
     let (_, backend) = crate::server::open_data(settings)?;
     let mode = if dry_run { Mode::Plan } else { Mode::Live };
-    let session = Arc::new(Session::new(
-        backend,
-        mode,
-        rule.limits.max_api_calls,
-        rule.limits.max_changes,
-    ));
+    let session = Arc::new(
+        Session::new(
+            backend,
+            mode,
+            rule.limits.max_api_calls,
+            rule.limits.max_changes,
+        )
+        .with_files(Arc::new(files)),
+    );
     let outcome = script::run(&rule, &event.to_script_value(), session.clone(), None);
     let changes = session.changes();
     if as_json {

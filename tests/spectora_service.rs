@@ -132,3 +132,80 @@ async fn a_wrong_key_fails_the_run_without_a_retry_and_without_the_key_in_the_re
     assert!(!service.logs().contains(wrong), "the key is in the logs");
     assert!(contacts(&sim).await.is_empty());
 }
+
+const PHOTO_RULE: &str = r#"name: photo
+on:
+  webhook: {}
+script: |
+  let client = clients::upsert(#{ email: event.body.email, first_name: "Pat" });
+  for file in event.files {
+      if file.field == "photo" { clients::set_image(client, file); }
+  }
+"#;
+
+/// Posts a multipart form with an email and a file in the `photo` part.
+async fn post_photo(service: &Service, email: &str, filename: &str, bytes: Vec<u8>) -> String {
+    let part = reqwest::multipart::Part::bytes(bytes)
+        .file_name(filename.to_owned())
+        .mime_str("application/octet-stream")
+        .unwrap();
+    let form = reqwest::multipart::Form::new()
+        .text("email", email.to_owned())
+        .part("photo", part);
+    let response = service
+        .http
+        .post(service.url("/hooks/photo"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    common::accepted_event_id(response).await
+}
+
+#[tokio::test]
+async fn an_uploaded_photo_becomes_the_clients_image_byte_for_byte() {
+    let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let sim = sim::spawn(SimConfig::new([KEY]), addr).unwrap();
+    let rules = common::rules_dir(&[("photo.yaml", PHOTO_RULE)]);
+    let data = data_dir();
+    let base = sim.base_url();
+    let service = Service::start(
+        rules.path(),
+        data.path(),
+        &[],
+        &[("SPECTORA_API_KEY", KEY), ("SPECTORA_BASE_URL", &base)],
+    );
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend((0..=255u8).rev().cycle().take(5000));
+    post_photo(&service, "pat@example.com", "front door.png", png.clone()).await;
+    let runs = service.wait_for_runs("rule=photo", 1).await;
+    assert_eq!(runs[0]["status"], "succeeded", "{:#}", runs[0]);
+    let found = contacts(&sim).await;
+    assert_eq!(found.len(), 1);
+    let url = found[0]["attributes"]["image_url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let served = reqwest::get(&url).await.unwrap();
+    assert_eq!(served.status(), 200, "{url}");
+    assert_eq!(
+        served.headers()["content-type"].to_str().unwrap(),
+        "image/png"
+    );
+    assert_eq!(served.bytes().await.unwrap().to_vec(), png);
+
+    // A text file named like an image never leaves the service.
+    sim.faults.reset_counts();
+    post_photo(
+        &service,
+        "pat@example.com",
+        "sneaky.png",
+        b"not an image".to_vec(),
+    )
+    .await;
+    let runs = service.wait_for_runs("rule=photo", 2).await;
+    let failed = runs.iter().find(|r| r["status"] == "failed").unwrap();
+    let record = failed.to_string();
+    assert!(record.contains("not a JPEG, PNG or GIF"), "{record}");
+    assert_eq!(sim.faults.counts().get("PATCH /v2/contacts/{id}"), None);
+}

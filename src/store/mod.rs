@@ -212,6 +212,9 @@ pub trait Store: Send + Sync {
     /// Jobs waiting to run, due or not.
     fn pending_jobs(&self) -> Result<u64>;
 
+    /// The bytes of a file uploaded with an event, by its id.
+    fn uploaded_file(&self, id: &str) -> Result<Option<bytes::Bytes>>;
+
     /// Whether the store answers: for readiness.
     fn ping(&self) -> Result<()>;
 
