@@ -209,3 +209,56 @@ async fn an_uploaded_photo_becomes_the_clients_image_byte_for_byte() {
     assert!(record.contains("not a JPEG, PNG or GIF"), "{record}");
     assert_eq!(sim.faults.counts().get("PATCH /v2/contacts/{id}"), None);
 }
+
+#[test]
+fn the_sim_command_serves_seeded_clients_to_the_clients_command() {
+    let dir = data_dir();
+    let seed = dir.path().join("seed.json");
+    std::fs::write(
+        &seed,
+        r#"[
+            { "email": "ann@example.com", "first_name": "Ann", "last_name": "Lee", "tags": ["vip"] },
+            { "first_name": "Bo", "phone": "+13035550100", "x_crm_id": 42 }
+        ]"#,
+    )
+    .unwrap();
+    let mut command = common::command();
+    command
+        .args(["sim", "--listen", "127.0.0.1:0", "--key", KEY, "--seed"])
+        .arg(&seed)
+        .env("CLIENTRULES_LOG", "info");
+    let sim = Service::spawn(command);
+    assert!(sim.logs().contains("seed clients loaded"), "{}", sim.logs());
+
+    let mut list = common::command();
+    list.args(["clients", "list", "--json", "--data"])
+        .arg(dir.path().join("service"))
+        .env("SPECTORA_API_KEY", KEY)
+        .env("SPECTORA_BASE_URL", format!("http://{}", sim.addr));
+    let output = common::output_within(list, common::WAIT);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let clients: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(clients.len(), 2, "{clients:#?}");
+    let ann = common::client_with_email(&clients, "ann@example.com");
+    assert_eq!(ann["tags"], serde_json::json!(["vip"]));
+    assert!(ann["buyer_id"].as_str().is_some(), "{ann:#}");
+    let bo = clients.iter().find(|c| c["first_name"] == "Bo").unwrap();
+    assert_eq!(bo["x_crm_id"], 42);
+
+    // A seed file that is not what it should be stops the simulator with the reason.
+    std::fs::write(&seed, r#"{ "unknown-key": [] }"#).unwrap();
+    let mut bad = common::command();
+    bad.args(["sim", "--listen", "127.0.0.1:0", "--key", KEY, "--seed"])
+        .arg(&seed);
+    let output = common::output_within(bad, common::WAIT);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("a key that is not given with --key"),
+        "{stderr}"
+    );
+}

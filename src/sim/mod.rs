@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tracing::info;
 
+use crate::clients::Backend;
 use crate::clients::embedded::EmbeddedStore;
 
 pub use self::faults::{Fault, Faults, Paging};
@@ -168,7 +169,7 @@ pub async fn run(config: SimConfig, listen: SocketAddr) -> anyhow::Result<()> {
     let (sim, listener) = prepare(&config, listen).await?;
     let addr = listener.local_addr()?;
     info!(
-        %addr,
+        address = %addr,
         keys = sim.companies.len(),
         base_url = %format!("http://{addr}"),
         "simulator listening"
@@ -292,8 +293,21 @@ fn load_seed(store: &EmbeddedStore, keys: &[String], path: &PathBuf) -> anyhow::
                 ),
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let created = store
-            .company(&company_of(&key))
+        let backend = store.company(&company_of(&key));
+        // A kept database already holds the seed from an earlier start.
+        let mut probe = crate::clients::ListQuery::first_page();
+        probe.page_size = 1;
+        let existing = backend
+            .list(&probe)
+            .map_err(|e| anyhow::anyhow!("cannot read the simulator's clients: {e}"))?;
+        if !existing.clients.is_empty() {
+            info!(
+                file = %path.display(),
+                "the company already has clients; the seed file is not loaded again"
+            );
+            continue;
+        }
+        let created = backend
             .create_many(&attributes)
             .map_err(|e| anyhow::anyhow!("the seed file {}: {e}", path.display()))?;
         loaded += created.len();
