@@ -253,6 +253,39 @@ fn fulltext_finds_names_emails_and_phones_with_awkward_characters(f: &Fixture) {
     assert!(find("nobody-at-all").is_empty());
 }
 
+fn filters_by_id_and_buyer_id_find_exactly_one(f: &Fixture) {
+    let a = f
+        .backend
+        .create(&attrs(
+            json!({ "email": "one@example.com", "first_name": "One" }),
+        ))
+        .unwrap();
+    f.backend
+        .create(&attrs(
+            json!({ "email": "two@example.com", "first_name": "Two" }),
+        ))
+        .unwrap();
+    let mut q = ListQuery::first_page();
+    q.id = Some(a.id.clone());
+    let (found, _, _) = walk(f.backend.as_ref(), q);
+    assert_eq!(found, vec![a.clone()]);
+    let mut q = ListQuery::first_page();
+    q.buyer_id = a.str_attr("buyer_id").map(str::to_owned);
+    let (found, _, _) = walk(f.backend.as_ref(), q);
+    assert_eq!(found, vec![a.clone()]);
+    for (id, buyer) in [
+        (Some("999999"), None),
+        (Some("x y"), None),
+        (None, Some("999999")),
+    ] {
+        let mut q = ListQuery::first_page();
+        q.id = id.map(str::to_owned);
+        q.buyer_id = buyer.map(str::to_owned);
+        let (found, _, _) = walk(f.backend.as_ref(), q);
+        assert!(found.is_empty(), "{id:?} {buyer:?}: {found:?}");
+    }
+}
+
 fn the_three_sorts_go_both_ways(f: &Fixture) {
     for (first, last) in [("Cal", "Adams"), ("Ann", "Baker"), ("Bea", "Adams")] {
         f.backend
@@ -391,6 +424,7 @@ on_both_backends!(
     an_update_changes_only_what_it_names_and_never_the_email,
     tags_replace_the_list_and_filter_clients,
     fulltext_finds_names_emails_and_phones_with_awkward_characters,
+    filters_by_id_and_buyer_id_find_exactly_one,
     the_three_sorts_go_both_ways,
     pages_cover_every_edge_once,
     an_image_is_kept_byte_for_byte,
