@@ -1,4 +1,4 @@
-//! The command line: `serve`, `validate`, `test`, `run`, `clients` and `sim`.
+//! The command line: `serve`, `validate`, `test`, `run`, `replay`, `clients` and `sim`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -79,6 +79,24 @@ pub enum Command {
     },
     /// Serve a local stand-in for the Spectora Clients API.
     Sim(SimArgs),
+    /// Run stored events again, as new runs linked to the old ones, by the rules as
+    /// they are now. A running service picks the new jobs up within a second.
+    Replay {
+        /// The event to run again (for every rule that ran it, or only --rule).
+        #[arg(required_unless_present = "dead")]
+        event: Option<String>,
+        /// The rule to run it for; with --dead, the rule whose dead letters to replay.
+        #[arg(long, required_if_eq("dead", "true"))]
+        rule: Option<String>,
+        /// Replay every dead letter of --rule.
+        #[arg(long, conflicts_with = "event")]
+        dead: bool,
+        /// The most dead letters to replay at once.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        #[command(flatten)]
+        settings: Settings,
+    },
 }
 
 /// The simulator's flags.
@@ -163,6 +181,56 @@ pub enum ClientsCommand {
     },
 }
 
+fn replay(
+    settings: &Settings,
+    event: Option<String>,
+    rule: Option<String>,
+    dead: bool,
+    limit: usize,
+) -> anyhow::Result<ExitCode> {
+    let (store, _) = crate::server::open_data(settings)?;
+    let jobs = if dead {
+        let Some(rule) = rule else {
+            bail!("--dead needs --rule RULE: the rule whose dead letters to replay");
+        };
+        let jobs = crate::store::replay_dead(store.as_ref(), &rule, limit)?;
+        if jobs.is_empty() {
+            println!("no dead letters of rule {rule} to replay");
+            return Ok(ExitCode::SUCCESS);
+        }
+        jobs
+    } else {
+        let Some(event) = event else {
+            bail!("give an event id, or --dead --rule RULE");
+        };
+        use crate::store::Store as _;
+        let jobs = store.replay_event(&event, rule.as_deref(), crate::store::REPLAY_ATTEMPTS)?;
+        if jobs.is_empty() {
+            match &rule {
+                Some(rule) => bail!(
+                    "no event {event} in {} to replay for rule {rule}",
+                    settings.data.display()
+                ),
+                None => bail!(
+                    "no event {event} with jobs in {} to replay",
+                    settings.data.display()
+                ),
+            }
+        }
+        jobs
+    };
+    println!(
+        "queued {} job{}: {}",
+        jobs.len(),
+        plural(jobs.len()),
+        jobs.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Runs a command other than `serve`; returns the process exit code.
 pub fn run_command(command: Command) -> anyhow::Result<ExitCode> {
     match command {
@@ -182,6 +250,13 @@ pub fn run_command(command: Command) -> anyhow::Result<ExitCode> {
             settings,
         } => run_rule(&settings, &rule, event, body, content_type, dry_run, json),
         Command::Clients { command } => clients(command),
+        Command::Replay {
+            event,
+            rule,
+            dead,
+            limit,
+            settings,
+        } => replay(&settings, event, rule, dead, limit),
     }
 }
 

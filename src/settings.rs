@@ -79,6 +79,11 @@ pub struct BackendSettings {
     )]
     pub rate_limit: u32,
 
+    /// Tries of one request to the Spectora API (the first included) before the run
+    /// gives up on it and the job is retried later.
+    #[arg(long = "spectora-attempts", env = "CLIENTRULES_SPECTORA_ATTEMPTS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub attempts: u32,
+
     /// How long opening a connection to the Spectora API may take.
     #[arg(long = "spectora-connect-timeout", env = "CLIENTRULES_SPECTORA_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub connect_timeout: std::time::Duration,
@@ -123,6 +128,7 @@ impl BackendSettings {
         config.requests_per_minute = self.rate_limit;
         config.connect_timeout = self.connect_timeout;
         config.request_timeout = self.request_timeout;
+        config.max_attempts = self.attempts;
         Ok(config)
     }
 }

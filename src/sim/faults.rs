@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 /// One scripted fault, taken by the next request to a `/v2` route.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {
+    /// Serve the request as usual: a place in the queue for a request to go through.
+    Pass,
     /// Answer this status without doing anything; `retry_after` is sent as is.
     Status {
         status: u16,
@@ -127,6 +129,7 @@ impl Faults {
     pub fn verdict(&self, company: &str) -> Verdict {
         if let Some(fault) = lock(&self.script).pop_front() {
             return match fault {
+                Fault::Pass => Verdict::Serve,
                 Fault::Status {
                     status,
                     retry_after,

@@ -174,6 +174,20 @@ pub struct RunFilter {
     pub limit: usize,
 }
 
+/// The attempts a replayed job is given: the worker holds every job to its rule's
+/// current `retry.attempts`, so a replay gets exactly what the rule now allows.
+pub const REPLAY_ATTEMPTS: u32 = u32::MAX;
+
+/// Queues the dead letters of a rule again, oldest first, at most `limit`; returns the
+/// new job ids.
+pub fn replay_dead(store: &dyn Store, rule: &str, limit: usize) -> Result<Vec<i64>> {
+    let mut jobs = Vec::new();
+    for (_, event_id) in store.dead_jobs(rule, limit)? {
+        jobs.extend(store.replay_event(&event_id, Some(rule), REPLAY_ATTEMPTS)?);
+    }
+    Ok(jobs)
+}
+
 /// The interface both store engines implement.
 pub trait Store: Send + Sync {
     /// Commits a batch of events, each with its files and jobs, in one transaction:
