@@ -18,6 +18,14 @@ use crate::script::{self, RunStatus};
 use crate::settings::Settings;
 use crate::triggers::decode;
 
+/// `println!` that hands a failed write (a closed pipe: `clientrules ... | head`) back
+/// to the caller as an error instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout().lock(), $($arg)*)?
+    };
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "clientrules",
@@ -164,7 +172,7 @@ pub enum ClientsCommand {
         #[arg(long)]
         tag: Option<String>,
         /// first_name, last_name or last_first_name, `-` first for descending.
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         sort: Option<String>,
         #[arg(long)]
         json: bool,
@@ -195,7 +203,7 @@ fn replay(
         };
         let jobs = crate::store::replay_dead(store.as_ref(), &rule, limit)?;
         if jobs.is_empty() {
-            println!("no dead letters of rule {rule} to replay");
+            outln!("no dead letters of rule {rule} to replay");
             return Ok(ExitCode::SUCCESS);
         }
         jobs
@@ -219,7 +227,7 @@ fn replay(
         }
         jobs
     };
-    println!(
+    outln!(
         "queued {} job{}: {}",
         jobs.len(),
         plural(jobs.len()),
@@ -283,7 +291,7 @@ fn validate(dir: &Path) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::FAILURE);
     }
-    println!(
+    outln!(
         "{} rule{} in {files} file{} of {}: ok ({warnings} warning{})",
         set.rules().len(),
         plural(set.rules().len()),
@@ -327,7 +335,7 @@ fn test_rules(paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
         .filter(|r| r.tests.is_empty())
         .map(|r| r.name.as_str())
         .collect();
-    println!("\nrunning {} test{}", cases.len(), plural(cases.len()));
+    outln!("\nrunning {} test{}", cases.len(), plural(cases.len()));
 
     // Tests are independent (each has its own store): run them on every core.
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -342,7 +350,9 @@ fn test_rules(paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
                         break;
                     };
                     let result = rules::testing::run_test(rule, test);
-                    println!(
+                    // A closed pipe is noticed by the summary's write, after the tests.
+                    let _ = writeln!(
+                        std::io::stdout().lock(),
                         "test {} › {} ... {}",
                         result.rule,
                         result.test,
@@ -359,20 +369,20 @@ fn test_rules(paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
     let results = results.into_inner().unwrap_or_else(|p| p.into_inner());
     let failed: Vec<_> = results.iter().filter(|r| !r.passed()).collect();
     if !failed.is_empty() {
-        println!("\nfailures:");
+        outln!("\nfailures:");
         for result in &failed {
-            println!("\n---- {} › {} ----", result.rule, result.test);
+            outln!("\n---- {} › {} ----", result.rule, result.test);
             for failure in &result.failures {
-                println!("  {failure}");
+                outln!("  {failure}");
             }
         }
     }
     if !untested.is_empty() {
-        println!("\nrules without tests: {}", untested.join(", "));
+        outln!("\nrules without tests: {}", untested.join(", "));
     }
     let passed = results.len() - failed.len();
     let ok = failed.is_empty() && load_errors.is_empty();
-    println!(
+    outln!(
         "\ntest result: {}. {passed} passed; {} failed{}",
         if ok { "ok" } else { "FAILED" },
         failed.len(),
@@ -420,6 +430,25 @@ fn read_event(
                 file.display()
             );
         };
+        const KEYS: &[&str] = &["body", "headers", "query", "path", "method"];
+        if !spec.contains_key("body") {
+            let found: Vec<&str> = spec.keys().map(String::as_str).take(5).collect();
+            bail!(
+                "the event file {} must hold a map with `body` (and optionally `headers`, \
+                 `query`), found the keys {}; to run a raw payload as it was delivered, \
+                 use --body {} instead",
+                file.display(),
+                found.join(", "),
+                file.display()
+            );
+        }
+        if let Some(unknown) = spec.keys().find(|k| !KEYS.contains(&k.as_str())) {
+            bail!(
+                "the event file {} has an unknown key `{unknown}`; expected {}",
+                file.display(),
+                KEYS.join(", ")
+            );
+        }
         let mut event = Event::manual(&spec);
         if event.path.is_empty() {
             event.path = path.to_owned();
@@ -529,7 +558,7 @@ fn run_rule(
             "changes": if dry_run { Value::Null } else { serde_json::to_value(&changes)? },
             "plan": if dry_run { serde_json::to_value(&changes)? } else { Value::Null },
         });
-        println!("{}", serde_json::to_string_pretty(&record)?);
+        outln!("{}", serde_json::to_string_pretty(&record)?);
     } else {
         let mut out = std::io::stdout().lock();
         writeln!(
@@ -585,6 +614,15 @@ fn clients(command: ClientsCommand) -> anyhow::Result<ExitCode> {
     let settings = match &command {
         ClientsCommand::List { settings, .. } | ClientsCommand::Get { settings, .. } => settings,
     };
+    // Reading the embedded clients of a folder that does not exist would only create
+    // an empty one: most likely the command runs from the wrong place.
+    if settings.backend.kind() == crate::settings::BackendKind::Embedded && !settings.data.exists()
+    {
+        bail!(
+            "no data folder {}: run this from the folder where `serve` runs, or give --data DIR",
+            settings.data.display()
+        );
+    }
     let (_, backend) = crate::server::open_data(settings)?;
     match command {
         ClientsCommand::List {
@@ -616,9 +654,9 @@ fn clients(command: ClientsCommand) -> anyhow::Result<ExitCode> {
             }
             if as_json {
                 let items: Vec<Value> = all.iter().map(|c| Value::Object(c.to_flat())).collect();
-                println!("{}", serde_json::to_string_pretty(&items)?);
+                outln!("{}", serde_json::to_string_pretty(&items)?);
             } else {
-                print_table(&all);
+                print_table(&all)?;
             }
         }
         ClientsCommand::Get {
@@ -629,7 +667,7 @@ fn clients(command: ClientsCommand) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             };
             if as_json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string_pretty(&Value::Object(client.to_flat()))?
                 );
@@ -639,7 +677,7 @@ fn clients(command: ClientsCommand) -> anyhow::Result<ExitCode> {
                         Value::String(s) => s,
                         other => other.to_string(),
                     };
-                    println!("{k:>14}: {text}");
+                    outln!("{k:>14}: {text}");
                 }
             }
         }
@@ -647,14 +685,17 @@ fn clients(command: ClientsCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_table(clients: &[crate::clients::Client]) {
+fn print_table(clients: &[crate::clients::Client]) -> std::io::Result<()> {
     if clients.is_empty() {
-        println!("no clients");
-        return;
+        outln!("no clients");
+        return Ok(());
     }
-    println!(
+    outln!(
         "{:<6} {:<24} {:<32} {:<16} TAGS",
-        "ID", "NAME", "EMAIL", "PHONE"
+        "ID",
+        "NAME",
+        "EMAIL",
+        "PHONE"
     );
     for c in clients {
         let name = format!(
@@ -662,7 +703,7 @@ fn print_table(clients: &[crate::clients::Client]) {
             c.str_attr("first_name").unwrap_or(""),
             c.str_attr("last_name").unwrap_or("")
         );
-        println!(
+        outln!(
             "{:<6} {:<24} {:<32} {:<16} {}",
             c.id,
             name.trim(),
@@ -671,5 +712,6 @@ fn print_table(clients: &[crate::clients::Client]) {
             c.tags().join(", ")
         );
     }
-    println!("{} client{}", clients.len(), plural(clients.len()));
+    outln!("{} client{}", clients.len(), plural(clients.len()));
+    Ok(())
 }

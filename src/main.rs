@@ -12,8 +12,12 @@ fn main() -> ExitCode {
     let default_level = if serving { "info" } else { "warn" };
     let filter = EnvFilter::try_from_env("CLIENTRULES_LOG")
         .unwrap_or_else(|_| EnvFilter::new(default_level));
+    // Colours only for a person at a terminal, and never under NO_COLOR.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr)
         .init();
 
@@ -34,6 +38,13 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // The reader of the output went away (`| head`): nothing is wrong.
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

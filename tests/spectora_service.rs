@@ -75,11 +75,19 @@ async fn a_shipped_webhook_creates_its_client_in_the_spectora_api() {
     let after_create = requests(&sim);
     assert_eq!(after_create.1, 1, "one create: {:?}", sim.faults.counts());
 
-    // The same submission again changes nothing, so it only reads.
-    sim.faults.reset_counts();
-    service
-        .accept_json("/hooks/typeform", &example("typeform.json"))
+    // Typeform's own redelivery (the same event_id) is answered as a duplicate.
+    let again = service
+        .post_json("/hooks/typeform", &example("typeform.json"))
         .await;
+    assert_eq!(again.status(), 200);
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["duplicate"], true);
+
+    // The same answers in a new response change nothing, so the run only reads.
+    sim.faults.reset_counts();
+    let resent = example("typeform.json")
+        .replace("01JEB7Q4XK9M2TNW5RZ8C3VHDA", "01JEB7Q4XK9M2TNW5RZ8C3VHDB");
+    service.accept_json("/hooks/typeform", &resent).await;
     let runs = service.wait_for_runs("rule=typeform", 2).await;
     assert!(runs.iter().all(|r| r["status"] == "succeeded"), "{runs:#?}");
     let (reads, creates, updates) = requests(&sim);
@@ -88,7 +96,9 @@ async fn a_shipped_webhook_creates_its_client_in_the_spectora_api() {
 
     // A new phone number: one search and one update, nothing else.
     sim.faults.reset_counts();
-    let changed = example("typeform.json").replace("+13035550111", "+13035550199");
+    let changed = example("typeform.json")
+        .replace("+13035550111", "+13035550199")
+        .replace("01JEB7Q4XK9M2TNW5RZ8C3VHDA", "01JEB7Q4XK9M2TNW5RZ8C3VHDC");
     assert_ne!(changed, example("typeform.json"));
     service.accept_json("/hooks/typeform", &changed).await;
     let runs = service.wait_for_runs("rule=typeform", 3).await;

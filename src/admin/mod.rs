@@ -203,6 +203,15 @@ struct RunQuery {
 }
 
 async fn runs(State(app): State<Arc<AppState>>, Query(q): Query<RunQuery>) -> Response {
+    const STATUSES: &[&str] = &["succeeded", "skipped", "failed"];
+    if let Some(status) = &q.status
+        && !STATUSES.contains(&status.as_str())
+    {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            format!("expected status to be succeeded, skipped or failed, found {status:?}"),
+        );
+    }
     let filter = RunFilter {
         rule: q.rule,
         status: q.status,
