@@ -1,4 +1,4 @@
-//! The command line: `serve`, `validate`, `run` and `clients`.
+//! The command line: `serve`, `validate`, `test`, `run`, `replay`, `clients` and `sim`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -17,6 +17,14 @@ use crate::rules::{self, RuleSet, load};
 use crate::script::{self, RunStatus};
 use crate::settings::Settings;
 use crate::triggers::decode;
+
+/// `println!` that hands a failed write (a closed pipe: `clientrules ... | head`) back
+/// to the caller as an error instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout().lock(), $($arg)*)?
+    };
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -77,6 +85,81 @@ pub enum Command {
         #[command(subcommand)]
         command: ClientsCommand,
     },
+    /// Serve a local stand-in for the Spectora Clients API.
+    Sim(SimArgs),
+    /// Run stored events again, as new runs linked to the old ones, by the rules as
+    /// they are now. A running service picks the new jobs up within a second.
+    Replay {
+        /// The event to run again (for every rule that ran it, or only --rule).
+        #[arg(required_unless_present = "dead")]
+        event: Option<String>,
+        /// The rule to run it for; with --dead, the rule whose dead letters to replay.
+        #[arg(long, required_if_eq("dead", "true"))]
+        rule: Option<String>,
+        /// Replay every dead letter of --rule.
+        #[arg(long, conflicts_with = "event")]
+        dead: bool,
+        /// The most dead letters to replay at once.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        #[command(flatten)]
+        settings: Settings,
+    },
+}
+
+/// The simulator's flags.
+#[derive(Debug, clap::Args)]
+pub struct SimArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8090")]
+    pub listen: std::net::SocketAddr,
+    /// An API key it accepts; each key is one company. Repeat for several.
+    #[arg(long = "key", required = true)]
+    pub keys: Vec<String>,
+    /// Folder of its database; without one, clients live in memory.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// A JSON file of clients to load at start: an array (for the first key) or an
+    /// object of arrays by key.
+    #[arg(long)]
+    pub seed: Option<PathBuf>,
+    /// Milliseconds to wait before every answer.
+    #[arg(long, default_value_t = 0)]
+    pub latency: u64,
+    /// The share of requests, from 0 to 1, answered with a server error.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
+    pub fail_rate: f64,
+    /// The status of those server errors.
+    #[arg(long, default_value_t = 503, value_parser = clap::value_parser!(u16).range(500..=599))]
+    pub fail_status: u16,
+    /// Requests a minute each key may make before it is answered 429; 0 for no limit.
+    #[arg(long, default_value_t = 0)]
+    pub rate_limit: u32,
+    /// Answer 429 without a Retry-After header.
+    #[arg(long)]
+    pub no_retry_after: bool,
+}
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    text.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|p| (0.0..=1.0).contains(p))
+        .ok_or_else(|| format!("expected a share from 0 to 1, such as 0.1, found {text:?}"))
+}
+
+impl SimArgs {
+    pub fn config(&self) -> crate::sim::SimConfig {
+        let mut config = crate::sim::SimConfig::new(self.keys.iter().cloned());
+        config.data = self.data.clone();
+        config.seed = self.seed.clone();
+        config.latency = std::time::Duration::from_millis(self.latency);
+        config.fail_rate = self.fail_rate;
+        config.fail_status = self.fail_status;
+        config.rate_limit = self.rate_limit;
+        config.retry_after = !self.no_retry_after;
+        config
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -89,7 +172,7 @@ pub enum ClientsCommand {
         #[arg(long)]
         tag: Option<String>,
         /// first_name, last_name or last_first_name, `-` first for descending.
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         sort: Option<String>,
         #[arg(long)]
         json: bool,
@@ -106,10 +189,60 @@ pub enum ClientsCommand {
     },
 }
 
+fn replay(
+    settings: &Settings,
+    event: Option<String>,
+    rule: Option<String>,
+    dead: bool,
+    limit: usize,
+) -> anyhow::Result<ExitCode> {
+    let (store, _) = crate::server::open_data(settings)?;
+    let jobs = if dead {
+        let Some(rule) = rule else {
+            bail!("--dead needs --rule RULE: the rule whose dead letters to replay");
+        };
+        let jobs = crate::store::replay_dead(store.as_ref(), &rule, limit)?;
+        if jobs.is_empty() {
+            outln!("no dead letters of rule {rule} to replay");
+            return Ok(ExitCode::SUCCESS);
+        }
+        jobs
+    } else {
+        let Some(event) = event else {
+            bail!("give an event id, or --dead --rule RULE");
+        };
+        use crate::store::Store as _;
+        let jobs = store.replay_event(&event, rule.as_deref(), crate::store::REPLAY_ATTEMPTS)?;
+        if jobs.is_empty() {
+            match &rule {
+                Some(rule) => bail!(
+                    "no event {event} in {} to replay for rule {rule}",
+                    settings.data.display()
+                ),
+                None => bail!(
+                    "no event {event} with jobs in {} to replay",
+                    settings.data.display()
+                ),
+            }
+        }
+        jobs
+    };
+    outln!(
+        "queued {} job{}: {}",
+        jobs.len(),
+        plural(jobs.len()),
+        jobs.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Runs a command other than `serve`; returns the process exit code.
 pub fn run_command(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Serve { .. } => bail!("serve runs on the async runtime"),
+        Command::Serve { .. } | Command::Sim(_) => bail!("this command runs on the async runtime"),
         Command::Validate { dir, rules } => validate(&dir.unwrap_or(rules)),
         Command::Test { paths, rules } => {
             let paths = if paths.is_empty() { vec![rules] } else { paths };
@@ -125,6 +258,13 @@ pub fn run_command(command: Command) -> anyhow::Result<ExitCode> {
             settings,
         } => run_rule(&settings, &rule, event, body, content_type, dry_run, json),
         Command::Clients { command } => clients(command),
+        Command::Replay {
+            event,
+            rule,
+            dead,
+            limit,
+            settings,
+        } => replay(&settings, event, rule, dead, limit),
     }
 }
 
@@ -151,7 +291,7 @@ fn validate(dir: &Path) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::FAILURE);
     }
-    println!(
+    outln!(
         "{} rule{} in {files} file{} of {}: ok ({warnings} warning{})",
         set.rules().len(),
         plural(set.rules().len()),
@@ -195,7 +335,7 @@ fn test_rules(paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
         .filter(|r| r.tests.is_empty())
         .map(|r| r.name.as_str())
         .collect();
-    println!("\nrunning {} test{}", cases.len(), plural(cases.len()));
+    outln!("\nrunning {} test{}", cases.len(), plural(cases.len()));
 
     // Tests are independent (each has its own store): run them on every core.
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -210,7 +350,9 @@ fn test_rules(paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
                         break;
                     };
                     let result = rules::testing::run_test(rule, test);
-                    println!(
+                    // A closed pipe is noticed by the summary's write, after the tests.
+                    let _ = writeln!(
+                        std::io::stdout().lock(),
                         "test {} › {} ... {}",
                         result.rule,
                         result.test,
@@ -227,20 +369,20 @@ fn test_rules(paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
     let results = results.into_inner().unwrap_or_else(|p| p.into_inner());
     let failed: Vec<_> = results.iter().filter(|r| !r.passed()).collect();
     if !failed.is_empty() {
-        println!("\nfailures:");
+        outln!("\nfailures:");
         for result in &failed {
-            println!("\n---- {} › {} ----", result.rule, result.test);
+            outln!("\n---- {} › {} ----", result.rule, result.test);
             for failure in &result.failures {
-                println!("  {failure}");
+                outln!("  {failure}");
             }
         }
     }
     if !untested.is_empty() {
-        println!("\nrules without tests: {}", untested.join(", "));
+        outln!("\nrules without tests: {}", untested.join(", "));
     }
     let passed = results.len() - failed.len();
     let ok = failed.is_empty() && load_errors.is_empty();
-    println!(
+    outln!(
         "\ntest result: {}. {passed} passed; {} failed{}",
         if ok { "ok" } else { "FAILED" },
         failed.len(),
@@ -276,7 +418,7 @@ fn read_event(
     body: Option<PathBuf>,
     content_type: Option<String>,
     path: &str,
-) -> anyhow::Result<Event> {
+) -> anyhow::Result<(Event, UploadedFiles)> {
     if let Some(file) = event {
         let text = std::fs::read_to_string(&file)
             .with_context(|| format!("cannot read the event file {}", file.display()))?;
@@ -288,11 +430,30 @@ fn read_event(
                 file.display()
             );
         };
+        const KEYS: &[&str] = &["body", "headers", "query", "path", "method"];
+        if !spec.contains_key("body") {
+            let found: Vec<&str> = spec.keys().map(String::as_str).take(5).collect();
+            bail!(
+                "the event file {} must hold a map with `body` (and optionally `headers`, \
+                 `query`), found the keys {}; to run a raw payload as it was delivered, \
+                 use --body {} instead",
+                file.display(),
+                found.join(", "),
+                file.display()
+            );
+        }
+        if let Some(unknown) = spec.keys().find(|k| !KEYS.contains(&k.as_str())) {
+            bail!(
+                "the event file {} has an unknown key `{unknown}`; expected {}",
+                file.display(),
+                KEYS.join(", ")
+            );
+        }
         let mut event = Event::manual(&spec);
         if event.path.is_empty() {
             event.path = path.to_owned();
         }
-        return Ok(event);
+        return Ok((event, UploadedFiles::new()));
     }
     let Some(file) = body else {
         bail!("give the event with --event FILE (a map with `body`) or --body FILE (a raw body)");
@@ -324,8 +485,24 @@ fn read_event(
     event
         .headers
         .insert("content-type".into(), Value::String(media));
-    Ok(event)
+    // File parts stay in memory for the run, as the store holds them for a delivery.
+    let mut files = UploadedFiles::new();
+    for file in decoded.files {
+        let id = Event::new_id();
+        event.files.push(crate::event::FileMeta {
+            id: id.clone(),
+            field: file.field,
+            filename: file.filename,
+            content_type: file.content_type,
+            size: file.bytes.len() as u64,
+        });
+        files.insert(id, file.bytes);
+    }
+    Ok((event, files))
 }
+
+/// The bytes of the files of an event read from the command line, by file id.
+type UploadedFiles = std::collections::HashMap<String, Bytes>;
 
 fn run_rule(
     settings: &Settings,
@@ -353,15 +530,18 @@ fn run_rule(
         );
     };
     let path = rule.webhook().map(|w| w.path.clone()).unwrap_or_default();
-    let event = read_event(event, body, content_type, &path)?;
+    let (event, files) = read_event(event, body, content_type, &path)?;
     let (_, backend) = crate::server::open_data(settings)?;
     let mode = if dry_run { Mode::Plan } else { Mode::Live };
-    let session = Arc::new(Session::new(
-        backend,
-        mode,
-        rule.limits.max_api_calls,
-        rule.limits.max_changes,
-    ));
+    let session = Arc::new(
+        Session::new(
+            backend,
+            mode,
+            rule.limits.max_api_calls,
+            rule.limits.max_changes,
+        )
+        .with_files(Arc::new(files)),
+    );
     let outcome = script::run(&rule, &event.to_script_value(), session.clone(), None);
     let changes = session.changes();
     if as_json {
@@ -378,7 +558,7 @@ fn run_rule(
             "changes": if dry_run { Value::Null } else { serde_json::to_value(&changes)? },
             "plan": if dry_run { serde_json::to_value(&changes)? } else { Value::Null },
         });
-        println!("{}", serde_json::to_string_pretty(&record)?);
+        outln!("{}", serde_json::to_string_pretty(&record)?);
     } else {
         let mut out = std::io::stdout().lock();
         writeln!(
@@ -434,6 +614,15 @@ fn clients(command: ClientsCommand) -> anyhow::Result<ExitCode> {
     let settings = match &command {
         ClientsCommand::List { settings, .. } | ClientsCommand::Get { settings, .. } => settings,
     };
+    // Reading the embedded clients of a folder that does not exist would only create
+    // an empty one: most likely the command runs from the wrong place.
+    if settings.backend.kind() == crate::settings::BackendKind::Embedded && !settings.data.exists()
+    {
+        bail!(
+            "no data folder {}: run this from the folder where `serve` runs, or give --data DIR",
+            settings.data.display()
+        );
+    }
     let (_, backend) = crate::server::open_data(settings)?;
     match command {
         ClientsCommand::List {
@@ -465,9 +654,9 @@ fn clients(command: ClientsCommand) -> anyhow::Result<ExitCode> {
             }
             if as_json {
                 let items: Vec<Value> = all.iter().map(|c| Value::Object(c.to_flat())).collect();
-                println!("{}", serde_json::to_string_pretty(&items)?);
+                outln!("{}", serde_json::to_string_pretty(&items)?);
             } else {
-                print_table(&all);
+                print_table(&all)?;
             }
         }
         ClientsCommand::Get {
@@ -478,7 +667,7 @@ fn clients(command: ClientsCommand) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             };
             if as_json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string_pretty(&Value::Object(client.to_flat()))?
                 );
@@ -488,7 +677,7 @@ fn clients(command: ClientsCommand) -> anyhow::Result<ExitCode> {
                         Value::String(s) => s,
                         other => other.to_string(),
                     };
-                    println!("{k:>14}: {text}");
+                    outln!("{k:>14}: {text}");
                 }
             }
         }
@@ -496,14 +685,17 @@ fn clients(command: ClientsCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_table(clients: &[crate::clients::Client]) {
+fn print_table(clients: &[crate::clients::Client]) -> std::io::Result<()> {
     if clients.is_empty() {
-        println!("no clients");
-        return;
+        outln!("no clients");
+        return Ok(());
     }
-    println!(
+    outln!(
         "{:<6} {:<24} {:<32} {:<16} TAGS",
-        "ID", "NAME", "EMAIL", "PHONE"
+        "ID",
+        "NAME",
+        "EMAIL",
+        "PHONE"
     );
     for c in clients {
         let name = format!(
@@ -511,7 +703,7 @@ fn print_table(clients: &[crate::clients::Client]) {
             c.str_attr("first_name").unwrap_or(""),
             c.str_attr("last_name").unwrap_or("")
         );
-        println!(
+        outln!(
             "{:<6} {:<24} {:<32} {:<16} {}",
             c.id,
             name.trim(),
@@ -520,5 +712,6 @@ fn print_table(clients: &[crate::clients::Client]) {
             c.tags().join(", ")
         );
     }
-    println!("{} client{}", clients.len(), plural(clients.len()));
+    outln!("{} client{}", clients.len(), plural(clients.len()));
+    Ok(())
 }

@@ -12,6 +12,7 @@
 //! | [`worker`] | claiming jobs, running rules, recording runs, retrying |
 //! | [`admin`] | the admin API, health and readiness |
 //! | [`server`] | `serve`: assembling the above into one process |
+//! | [`sim`] | `sim`: a local server of the Spectora Clients API, with fault switches |
 //! | [`cli`] | the command line |
 //! | [`settings`] | flags, environment and defaults |
 //! | [`text`] | normalization of emails, names, tags and phones |
@@ -24,6 +25,7 @@ pub mod rules;
 pub mod script;
 pub mod server;
 pub mod settings;
+pub mod sim;
 pub mod store;
 pub mod text;
 pub mod triggers;

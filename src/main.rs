@@ -8,12 +8,16 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let serving = matches!(cli.command, Command::Serve { .. });
+    let serving = matches!(cli.command, Command::Serve { .. } | Command::Sim(_));
     let default_level = if serving { "info" } else { "warn" };
     let filter = EnvFilter::try_from_env("CLIENTRULES_LOG")
         .unwrap_or_else(|_| EnvFilter::new(default_level));
+    // Colours only for a person at a terminal, and never under NO_COLOR.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr)
         .init();
 
@@ -24,10 +28,23 @@ fn main() -> ExitCode {
             .map_err(anyhow::Error::from)
             .and_then(|rt| rt.block_on(clientrules::server::serve(settings)))
             .map(|()| ExitCode::SUCCESS),
+        Command::Sim(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(clientrules::sim::run(args.config(), args.listen)))
+            .map(|()| ExitCode::SUCCESS),
         command => clientrules::cli::run_command(command),
     };
     match result {
         Ok(code) => code,
+        // The reader of the output went away (`| head`): nothing is wrong.
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

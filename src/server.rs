@@ -12,8 +12,9 @@ use tracing::{error, info, warn};
 
 use crate::clients::Backend;
 use crate::clients::embedded::EmbeddedStore;
+use crate::clients::spectora::SpectoraClient;
 use crate::rules::{RuleSet, load};
-use crate::settings::Settings;
+use crate::settings::{BackendKind, Settings};
 use crate::store::{SqliteStore, Store};
 use crate::triggers::decode::DecodeLimits;
 use crate::worker::{self, Pool, SharedRules, Wake};
@@ -78,7 +79,16 @@ pub fn open_data(settings: &Settings) -> anyhow::Result<(Arc<SqliteStore>, Arc<d
     let store = SqliteStore::open(&path)?;
     let clients = EmbeddedStore::open(&path)
         .with_context(|| format!("cannot open the client store {}", path.display()))?;
-    let backend: Arc<dyn Backend> = Arc::new(clients.company("default"));
+    let backend: Arc<dyn Backend> = match settings.backend.kind() {
+        BackendKind::Embedded => Arc::new(clients.company("default")),
+        BackendKind::Spectora => {
+            let config = settings.backend.spectora()?;
+            let client = SpectoraClient::new(&config)
+                .with_context(|| "cannot set up the Spectora API client".to_owned())?;
+            info!(base_url = %client.base_url(), requests_per_minute = config.requests_per_minute, "clients are read and written through the Spectora API");
+            Arc::new(client)
+        }
+    };
     Ok((Arc::new(store), backend))
 }
 
@@ -166,7 +176,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;

@@ -49,6 +49,88 @@ pub struct Settings {
     /// Seconds that running jobs get to finish on shutdown.
     #[arg(long, env = "CLIENTRULES_SHUTDOWN_GRACE", default_value_t = 10)]
     pub shutdown_grace: u64,
+
+    #[command(flatten)]
+    pub backend: BackendSettings,
+}
+
+/// Which API layer scripts reach, and how the Spectora client behaves.
+#[derive(Debug, Clone, Args)]
+pub struct BackendSettings {
+    /// `embedded` keeps clients in the data folder; `spectora` reaches the Spectora API
+    /// with `SPECTORA_API_KEY`. Default: `spectora` when the key is set, else `embedded`.
+    #[arg(long = "backend", env = "CLIENTRULES_BACKEND", value_enum)]
+    pub kind: Option<BackendKind>,
+
+    /// The Spectora API key (from the environment only, so it never shows in a process
+    /// list).
+    #[arg(skip = std::env::var("SPECTORA_API_KEY").ok())]
+    pub api_key: Option<String>,
+
+    /// Base URL of the Spectora API (or of a `clientrules sim`).
+    #[arg(long = "spectora-url", env = "SPECTORA_BASE_URL", default_value = crate::clients::spectora::DEFAULT_BASE_URL)]
+    pub base_url: String,
+
+    /// Requests a minute to the Spectora API, shared by every rule; 0 for no limit.
+    #[arg(
+        long = "spectora-rate-limit",
+        env = "CLIENTRULES_SPECTORA_RATE_LIMIT",
+        default_value_t = 60
+    )]
+    pub rate_limit: u32,
+
+    /// Tries of one request to the Spectora API (the first included) before the run
+    /// gives up on it and the job is retried later.
+    #[arg(long = "spectora-attempts", env = "CLIENTRULES_SPECTORA_ATTEMPTS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub attempts: u32,
+
+    /// How long opening a connection to the Spectora API may take.
+    #[arg(long = "spectora-connect-timeout", env = "CLIENTRULES_SPECTORA_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: std::time::Duration,
+
+    /// How long one request to the Spectora API may take, answer included.
+    #[arg(long = "spectora-timeout", env = "CLIENTRULES_SPECTORA_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub request_timeout: std::time::Duration,
+}
+
+/// The two implementations of the API layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendKind {
+    Embedded,
+    Spectora,
+}
+
+impl BackendSettings {
+    /// The backend to use: the one asked for, else by whether a key is set.
+    pub fn kind(&self) -> BackendKind {
+        self.kind.unwrap_or(if self.key().is_some() {
+            BackendKind::Spectora
+        } else {
+            BackendKind::Embedded
+        })
+    }
+
+    /// The API key, when one is set and not blank.
+    pub fn key(&self) -> Option<crate::clients::spectora::ApiKey> {
+        self.api_key
+            .as_deref()
+            .and_then(crate::clients::spectora::ApiKey::new)
+    }
+
+    /// The HTTP client's configuration; an error when no key is set.
+    pub fn spectora(&self) -> anyhow::Result<crate::clients::spectora::SpectoraConfig> {
+        let Some(key) = self.key() else {
+            anyhow::bail!(
+                "the spectora backend needs an API key: set SPECTORA_API_KEY in the environment"
+            );
+        };
+        let mut config = crate::clients::spectora::SpectoraConfig::new(&self.base_url, key);
+        config.requests_per_minute = self.rate_limit;
+        config.connect_timeout = self.connect_timeout;
+        config.request_timeout = self.request_timeout;
+        config.max_attempts = self.attempts;
+        Ok(config)
+    }
 }
 
 impl Settings {

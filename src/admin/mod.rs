@@ -10,7 +10,7 @@ use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
@@ -29,6 +29,8 @@ pub fn routes(app: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/api/rules", get(rules))
         .route("/api/events", get(events))
         .route("/api/events/{id}", get(event))
+        .route("/api/events/{id}/replay", post(replay_event))
+        .route("/api/rules/{name}/replay-dead", post(replay_dead))
         .route("/api/runs", get(runs))
         .route("/api/runs/{id}", get(run))
         .route_layer(middleware::from_fn_with_state(app, guard));
@@ -173,6 +175,61 @@ async fn event(State(app): State<Arc<AppState>>, Path(id): Path<String>) -> Resp
 }
 
 #[derive(Debug, Deserialize)]
+struct ReplayQuery {
+    rule: Option<String>,
+}
+
+/// Queues an event again for one rule (`?rule=`) or for every rule that ran it: new
+/// jobs, linked to the old ones, run by the rules as they are now.
+async fn replay_event(
+    State(app): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    Query(q): Query<ReplayQuery>,
+) -> Response {
+    if let Some(rule) = &q.rule
+        && current_rules(&app.rules).get(rule).is_none()
+    {
+        return error_response(StatusCode::NOT_FOUND, "no such rule");
+    }
+    let store = app.store.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        store.replay_event(&id, q.rule.as_deref(), crate::store::REPLAY_ATTEMPTS)
+    })
+    .await;
+    match result {
+        Ok(Ok(jobs)) if jobs.is_empty() => error_response(
+            StatusCode::NOT_FOUND,
+            "no such event, or no job of it to replay",
+        ),
+        Ok(Ok(jobs)) => {
+            app.wake.notify();
+            (StatusCode::ACCEPTED, Json(json!({ "jobs": jobs }))).into_response()
+        }
+        _ => error_response(StatusCode::SERVICE_UNAVAILABLE, "the store does not answer"),
+    }
+}
+
+/// Queues every dead letter of a rule again.
+async fn replay_dead(State(app): State<Arc<AppState>>, Path(name): Path<String>) -> Response {
+    if current_rules(&app.rules).get(&name).is_none() {
+        return error_response(StatusCode::NOT_FOUND, "no such rule");
+    }
+    let store = app.store.clone();
+    let result =
+        tokio::task::spawn_blocking(move || crate::store::replay_dead(store.as_ref(), &name, 1000))
+            .await;
+    match result {
+        Ok(Ok(jobs)) => {
+            if !jobs.is_empty() {
+                app.wake.notify();
+            }
+            (StatusCode::ACCEPTED, Json(json!({ "jobs": jobs }))).into_response()
+        }
+        _ => error_response(StatusCode::SERVICE_UNAVAILABLE, "the store does not answer"),
+    }
+}
+
+#[derive(Debug, Deserialize)]
 struct RunQuery {
     rule: Option<String>,
     status: Option<String>,
@@ -182,6 +239,15 @@ struct RunQuery {
 }
 
 async fn runs(State(app): State<Arc<AppState>>, Query(q): Query<RunQuery>) -> Response {
+    const STATUSES: &[&str] = &["succeeded", "skipped", "failed"];
+    if let Some(status) = &q.status
+        && !STATUSES.contains(&status.as_str())
+    {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            format!("expected status to be succeeded, skipped or failed, found {status:?}"),
+        );
+    }
     let filter = RunFilter {
         rule: q.rule,
         status: q.status,

@@ -27,6 +27,9 @@ use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Transaction, TransactionBehavior};
 use serde_json::{Map, Value};
 
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+
+use super::image::Image;
 use super::{ApiError, Backend, Client, ListQuery, MAX_PAGE_SIZE, Page, READ_ONLY, SortKey};
 use crate::text;
 
@@ -89,7 +92,17 @@ CREATE TABLE IF NOT EXISTS client_tags (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS client_tags_by_tag
     ON client_tags (company, tag, contact_id);
+CREATE TABLE IF NOT EXISTS client_images (
+    contact_id  INTEGER PRIMARY KEY REFERENCES client_contacts(id),
+    filename    TEXT NOT NULL,
+    media_type  TEXT NOT NULL,
+    bytes       BLOB NOT NULL
+);
 ";
+
+/// Where stored images are served from when nothing else is said: a path, so that the
+/// `image_url` of a client reads `/images/<id>/<file name>`.
+pub const DEFAULT_IMAGE_BASE: &str = "/images";
 
 /// Why the embedded store could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +124,25 @@ pub enum EmbeddedError {
 #[derive(Clone)]
 pub struct EmbeddedStore {
     conn: Arc<Mutex<Connection>>,
+    image_base: Arc<str>,
+}
+
+/// A client's stored image, as it was uploaded.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredImage {
+    pub filename: String,
+    pub media_type: String,
+    pub bytes: Vec<u8>,
+}
+
+impl fmt::Debug for StoredImage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoredImage")
+            .field("filename", &self.filename)
+            .field("media_type", &self.media_type)
+            .field("size", &self.bytes.len())
+            .finish()
+    }
 }
 
 impl fmt::Debug for EmbeddedStore {
@@ -154,7 +186,36 @@ impl EmbeddedStore {
         conn.execute_batch(SCHEMA).map_err(EmbeddedError::Schema)?;
         Ok(EmbeddedStore {
             conn: Arc::new(Mutex::new(conn)),
+            image_base: Arc::from(DEFAULT_IMAGE_BASE),
         })
+    }
+
+    /// The same store, with images served under `base` (a URL or a path, without the
+    /// trailing `/`): the simulator passes its own address.
+    pub fn with_image_base(mut self, base: &str) -> EmbeddedStore {
+        self.image_base = Arc::from(base.trim_end_matches('/'));
+        self
+    }
+
+    /// The image stored for a contact of any company (ids are global), or `None`.
+    pub fn image(&self, contact_id: &str) -> Result<Option<StoredImage>, ApiError> {
+        let Some(id) = parse_id(contact_id.trim()) else {
+            return Ok(None);
+        };
+        let conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        conn.query_row(
+            "SELECT filename, media_type, bytes FROM client_images WHERE contact_id = ?1",
+            [id],
+            |row| {
+                Ok(StoredImage {
+                    filename: row.get(0)?,
+                    media_type: row.get(1)?,
+                    bytes: row.get(2)?,
+                })
+            },
+        )
+        .optional()
+        .map_err(storage("get"))
     }
 
     /// The backend of one company: it sees and writes only that company's contacts,
@@ -163,6 +224,7 @@ impl EmbeddedStore {
         EmbeddedBackend {
             conn: Arc::clone(&self.conn),
             company: Arc::from(company),
+            image_base: Arc::clone(&self.image_base),
         }
     }
 }
@@ -172,6 +234,7 @@ impl EmbeddedStore {
 pub struct EmbeddedBackend {
     conn: Arc<Mutex<Connection>>,
     company: Arc<str>,
+    image_base: Arc<str>,
 }
 
 impl fmt::Debug for EmbeddedBackend {
@@ -323,10 +386,64 @@ impl Backend for EmbeddedBackend {
         .into_client())
     }
 
+    fn set_image(
+        &self,
+        id: &str,
+        attributes: &Map<String, Value>,
+        image: &Image,
+    ) -> Result<Client, ApiError> {
+        const OP: &str = "set_image";
+        if attributes.contains_key("email") {
+            return Err(ApiError::unprocessable(
+                OP,
+                "email",
+                "email cannot be changed once a client exists",
+            ));
+        }
+        if !attributes.is_empty() {
+            self.update(id, attributes)?;
+        }
+        let url = format!(
+            "{}/{}/{}",
+            self.image_base,
+            id.trim(),
+            utf8_percent_encode(image.filename(), PATH_SEGMENT)
+        );
+        {
+            let mut conn = self.lock();
+            let tx = write_transaction(&mut conn, OP)?;
+            let current = load(&tx, &self.company, id, OP)?.ok_or_else(|| not_found(OP, id))?;
+            tx.prepare_cached(
+                "INSERT INTO client_images (contact_id, filename, media_type, bytes)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (contact_id) DO UPDATE SET filename = excluded.filename,
+                    media_type = excluded.media_type, bytes = excluded.bytes",
+            )
+            .and_then(|mut stmt| {
+                stmt.execute(rusqlite::params![
+                    current.id,
+                    image.filename(),
+                    image.media_type(),
+                    image.bytes().as_ref()
+                ])
+            })
+            .map_err(storage(OP))?;
+            tx.commit().map_err(storage(OP))?;
+        }
+        self.set_image_url(id, Some(&url))
+    }
+
     fn name(&self) -> &'static str {
         "embedded"
     }
 }
+
+/// What a file name may hold unencoded in an image URL's last segment.
+const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 /// One contact as stored: the writable attributes and the computed ones beside them.
 #[derive(Debug, Clone)]

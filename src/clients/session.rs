@@ -9,6 +9,7 @@ use std::time::Instant;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use super::image::Image;
 use super::{ApiError, Backend, Client, ListQuery, MAX_PAGE_SIZE, READ_ONLY, Sort};
 use crate::text;
 
@@ -279,6 +280,19 @@ struct State {
     last_error: Option<SessionError>,
 }
 
+/// Where the bytes of an event's uploaded files are read from: the store for a
+/// delivered event, memory for one run from the command line.
+pub trait FileSource: Send + Sync {
+    /// The bytes of the file with this id (`event.files[i].id`), or `None`.
+    fn file_bytes(&self, id: &str) -> Result<Option<bytes::Bytes>, String>;
+}
+
+impl FileSource for std::collections::HashMap<String, bytes::Bytes> {
+    fn file_bytes(&self, id: &str) -> Result<Option<bytes::Bytes>, String> {
+        Ok(self.get(id).cloned())
+    }
+}
+
 /// The API layer for one run.
 pub struct Session {
     backend: Arc<dyn Backend>,
@@ -286,6 +300,7 @@ pub struct Session {
     max_api_calls: u32,
     max_changes: Option<u32>,
     journal: Option<Box<dyn WriteJournal>>,
+    files: Option<Arc<dyn FileSource>>,
     state: Mutex<State>,
 }
 
@@ -311,6 +326,7 @@ impl Session {
             max_api_calls,
             max_changes,
             journal: None,
+            files: None,
             state: Mutex::new(State::default()),
         }
     }
@@ -318,6 +334,12 @@ impl Session {
     /// Records writes in a journal and takes back what an earlier attempt recorded.
     pub fn with_journal(mut self, journal: Box<dyn WriteJournal>) -> Session {
         self.journal = Some(journal);
+        self
+    }
+
+    /// Reads uploaded files from `files`, for `set_image`.
+    pub fn with_files(mut self, files: Arc<dyn FileSource>) -> Session {
+        self.files = Some(files);
         self
     }
 
@@ -779,6 +801,82 @@ impl Session {
                 self.update_inner(call, &client.id, changes)
             }
         }
+    }
+
+    /// Uploads an image from the event's files as the client's image.
+    pub fn set_image(
+        &self,
+        id: &str,
+        file_id: &str,
+        filename: &str,
+    ) -> Result<Client, SessionError> {
+        let result = self.set_image_inner(id, file_id, filename);
+        self.remember_error(result)
+    }
+
+    fn set_image_inner(
+        &self,
+        id: &str,
+        file_id: &str,
+        filename: &str,
+    ) -> Result<Client, SessionError> {
+        let call = "set_image";
+        let bytes = match &self.files {
+            Some(files) => files
+                .file_bytes(file_id)
+                .map_err(|e| SessionError::invalid(call, format!("cannot read the file: {e}")))?,
+            None => None,
+        };
+        let Some(bytes) = bytes else {
+            return Err(SessionError::invalid(
+                call,
+                format!("the event has no uploaded file with id {file_id:?}"),
+            ));
+        };
+        let size = bytes.len();
+        let image =
+            Image::new(filename, bytes).map_err(|e| SessionError::invalid(call, e.to_string()))?;
+        let current = self.current(call, id)?;
+        self.check_changes(call, Some(id))?;
+        let updated = match self.mode {
+            Mode::Live => {
+                let what: Map<String, Value> = [
+                    ("file".to_owned(), Value::from(file_id)),
+                    ("filename".to_owned(), Value::from(filename)),
+                    ("size".to_owned(), Value::from(size)),
+                ]
+                .into_iter()
+                .collect();
+                self.journaled(fingerprint("set_image", id, &what), || {
+                    self.call(call, "set_image", id, |b| {
+                        b.set_image(id, &Map::new(), &image)
+                    })
+                })?
+            }
+            Mode::Plan => {
+                let mut client = current.clone();
+                client.attributes.insert(
+                    "image_url".into(),
+                    Value::from(format!("(upload of {filename})")),
+                );
+                client
+            }
+        };
+        let change = FieldChange {
+            field: "image_url".into(),
+            before: current
+                .attributes
+                .get("image_url")
+                .cloned()
+                .unwrap_or(Value::Null),
+            after: updated
+                .attributes
+                .get("image_url")
+                .cloned()
+                .unwrap_or(Value::Null),
+        };
+        self.record_change(&updated, ChangeKind::Updated, None, vec![change]);
+        Ok(updated)
     }
 
     /// Adds tags to a client, sending nothing when it has them all.

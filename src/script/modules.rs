@@ -27,6 +27,7 @@ pub const MODULES: &[(&str, &[&str])] = &[
             "upsert",
             "tag",
             "untag",
+            "set_image",
         ],
     ),
     ("log", &["info", "warn", "error"]),
@@ -355,6 +356,20 @@ fn clients_module(session: Arc<Session>) -> Module {
         },
     );
 
+    let s = session.clone();
+    set(
+        &mut m,
+        "set_image",
+        move |target: Dynamic, file: Dynamic| -> Result<Dynamic> {
+            let id = client_id("set_image", &target)?;
+            let (file_id, filename) = file_ref(&file)?;
+            let client = s
+                .set_image(&id, &file_id, &filename)
+                .map_err(script_error)?;
+            Ok(client_value(&client))
+        },
+    );
+
     let s = session;
     set(
         &mut m,
@@ -368,6 +383,32 @@ fn clients_module(session: Arc<Session>) -> Module {
     );
 
     m
+}
+
+/// The id and file name of an entry of `event.files`.
+fn file_ref(file: &Dynamic) -> Result<(String, String)> {
+    let expected = "clients::set_image: expected a file of event.files \
+                    (a map with id and filename)";
+    let Some(map) = file.read_lock::<rhai::Map>() else {
+        return Err(runtime_error(format!(
+            "{expected}, found {}",
+            file.type_name()
+        )));
+    };
+    let text = |key: &str| {
+        map.get(key)
+            .filter(|v| v.is_string())
+            .map(|v| v.to_string())
+            .filter(|v| !v.is_empty())
+    };
+    match (text("id"), text("filename")) {
+        (Some(id), Some(filename)) => Ok((id, filename)),
+        (None, _) => Err(runtime_error(format!("{expected}; this map has no id"))),
+        (_, None) => Err(runtime_error(format!(
+            "{expected}; this file has no file name, and an image needs one ending in .jpg, \
+             .jpeg, .png or .gif"
+        ))),
+    }
 }
 
 fn log_module(logs: Arc<Mutex<Vec<LogLine>>>) -> Module {

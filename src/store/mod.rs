@@ -175,6 +175,20 @@ pub struct RunFilter {
     pub limit: usize,
 }
 
+/// The attempts a replayed job is given: the worker holds every job to its rule's
+/// current `retry.attempts`, so a replay gets exactly what the rule now allows.
+pub const REPLAY_ATTEMPTS: u32 = u32::MAX;
+
+/// Queues the dead letters of a rule again, oldest first, at most `limit`; returns the
+/// new job ids.
+pub fn replay_dead(store: &dyn Store, rule: &str, limit: usize) -> Result<Vec<i64>> {
+    let mut jobs = Vec::new();
+    for (_, event_id) in store.dead_jobs(rule, limit)? {
+        jobs.extend(store.replay_event(&event_id, Some(rule), REPLAY_ATTEMPTS)?);
+    }
+    Ok(jobs)
+}
+
 /// A tick of a scheduled rule to record, and what to do if this process is the first
 /// to record it.
 #[derive(Debug, Clone)]
@@ -275,6 +289,9 @@ pub trait Store: Send + Sync {
 
     /// Jobs waiting to run, due or not.
     fn pending_jobs(&self) -> Result<u64>;
+
+    /// The bytes of a file uploaded with an event, by its id.
+    fn uploaded_file(&self, id: &str) -> Result<Option<bytes::Bytes>>;
 
     /// Whether the store answers: for readiness.
     fn ping(&self) -> Result<()>;

@@ -173,6 +173,10 @@ impl SqliteStore {
 }
 
 impl Store for SqliteStore {
+    fn uploaded_file(&self, id: &str) -> Result<Option<Bytes>> {
+        self.file(id)
+    }
+
     fn insert_batch(&self, batch: &[NewEvent]) -> Result<Vec<Inserted>> {
         let now = millis(Utc::now());
         let mut conn = self.conn();

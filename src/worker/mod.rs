@@ -196,7 +196,8 @@ pub fn execute(ctx: &Context, job: Job) {
             rule.limits.max_api_calls,
             rule.limits.max_changes,
         )
-        .with_journal(Box::new(journal)),
+        .with_journal(Box::new(journal))
+        .with_files(Arc::new(StoreFiles(ctx.store.clone()))),
     );
     let mut event = event;
     if job.replay_of.is_some() {
@@ -354,5 +355,14 @@ fn finish(
         error!(error = %e, "cannot record the run; the job will run again when its lease ends");
     } else if next == JobNext::Dead {
         info!(attempt = job.attempt, "job moved to the dead letters");
+    }
+}
+
+/// The files of delivered events, read from the store.
+struct StoreFiles(Arc<dyn Store>);
+
+impl crate::clients::session::FileSource for StoreFiles {
+    fn file_bytes(&self, id: &str) -> Result<Option<bytes::Bytes>, String> {
+        self.0.uploaded_file(id).map_err(|e| e.to_string())
     }
 }

@@ -250,7 +250,17 @@ impl Service {
         for (key, value) in env {
             command.env(key, value);
         }
-        let mut child = command.spawn().expect("cannot start clientrules serve");
+        let mut service = Service::spawn(command);
+        service.data = data.to_path_buf();
+        service
+    }
+
+    /// Starts any long-running command of the binary (its stderr piped), and waits until
+    /// it logs the address it listens on.
+    pub fn spawn(mut command: Command) -> Service {
+        command.stdout(Stdio::null()).stderr(Stdio::piped());
+        let data = PathBuf::new();
+        let mut child = command.spawn().expect("cannot start clientrules");
         let stderr = child.stderr.take().expect("the child's stderr is piped");
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -262,7 +272,7 @@ impl Service {
         let mut service = Service {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            data: data.to_path_buf(),
+            data,
             logs: Arc::new(Mutex::new(Vec::new())),
             http,
             exited: None,
