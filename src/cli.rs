@@ -1,4 +1,5 @@
-//! The command line: `serve`, `validate`, `test`, `run`, `replay`, `clients` and `sim`.
+//! The command line: `serve`, `validate`, `test`, `run`, `schedule`, `replay`, `clients`
+//! and `sim`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -79,6 +80,22 @@ pub enum Command {
         json: bool,
         #[command(flatten)]
         settings: Settings,
+    },
+    /// Show the next fire times of scheduled rules, in each rule's zone and in UTC.
+    Schedule {
+        /// Only this rule (default: every scheduled rule).
+        rule: Option<String>,
+        /// Start after this instant, RFC 3339 (default: now).
+        #[arg(long, value_parser = parse_instant)]
+        from: Option<chrono::DateTime<chrono::Utc>>,
+        /// How many fire times a rule.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        next: u16,
+        /// Print a JSON array of `{rule, local, utc, ...}`.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, env = "CLIENTRULES_RULES", default_value = "./rules")]
+        rules: PathBuf,
     },
     /// Read clients on the configured backend.
     Clients {
@@ -257,6 +274,13 @@ pub fn run_command(command: Command) -> anyhow::Result<ExitCode> {
             json,
             settings,
         } => run_rule(&settings, &rule, event, body, content_type, dry_run, json),
+        Command::Schedule {
+            rule,
+            from,
+            next,
+            json,
+            rules,
+        } => schedule(&rules, rule.as_deref(), from, usize::from(next), json),
         Command::Clients { command } => clients(command),
         Command::Replay {
             event,
@@ -400,6 +424,89 @@ fn test_rules(paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    })
+}
+
+fn parse_instant(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(text.trim())
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|e| {
+            format!("expected an RFC 3339 time such as 2025-03-08T12:00:00Z, found {text:?}: {e}")
+        })
+}
+
+/// `schedule`: the next fire times of the scheduled rules of a folder.
+fn schedule(
+    dir: &Path,
+    only: Option<&str>,
+    from: Option<chrono::DateTime<chrono::Utc>>,
+    next: usize,
+    as_json: bool,
+) -> anyhow::Result<ExitCode> {
+    use crate::triggers::preview;
+
+    let report = load::load_dir(dir, &load::process_env)
+        .with_context(|| format!("cannot read the rules folder {}", dir.display()))?;
+    let set = RuleSet::from_report(report);
+    for d in set.errors() {
+        eprint!("{}", d.render());
+    }
+    let scheduled: Vec<_> = set
+        .rules()
+        .iter()
+        .filter_map(|r| r.schedule().map(|s| (r, s)))
+        .filter(|(r, _)| only.is_none_or(|name| r.name == name))
+        .collect();
+    if let Some(name) = only
+        && scheduled.is_empty()
+    {
+        let names: Vec<&str> = set
+            .rules()
+            .iter()
+            .filter(|r| r.schedule().is_some())
+            .map(|r| r.name.as_str())
+            .collect();
+        let what = if set.get(name).is_some() {
+            "is not a scheduled rule"
+        } else {
+            "is not loaded"
+        };
+        bail!(
+            "rule {name} {what} in {} (scheduled rules: {})",
+            dir.display(),
+            if names.is_empty() {
+                "none".into()
+            } else {
+                names.join(", ")
+            }
+        );
+    }
+    let from = from.unwrap_or_else(chrono::Utc::now);
+    if as_json {
+        let all: Vec<preview::Upcoming> = scheduled
+            .iter()
+            .flat_map(|(r, s)| preview::upcoming(&r.name, s, from, next))
+            .collect();
+        outln!("{}", serde_json::to_string_pretty(&all)?);
+    } else if scheduled.is_empty() {
+        outln!("no scheduled rules in {}", dir.display());
+    } else {
+        for (i, (r, s)) in scheduled.iter().enumerate() {
+            if i > 0 {
+                outln!();
+            }
+            let ticks = preview::upcoming(&r.name, s, from, next);
+            write!(
+                std::io::stdout().lock(),
+                "{}",
+                preview::render(&r.name, s, &ticks)
+            )?;
+        }
+    }
+    Ok(if set.has_errors() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     })
 }
 

@@ -4,6 +4,7 @@
 
 pub mod cron;
 pub mod decode;
+pub mod preview;
 pub mod schedule;
 pub mod verify;
 pub mod webhook;
