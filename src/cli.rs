@@ -637,7 +637,16 @@ fn run_rule(
         );
     };
     let path = rule.webhook().map(|w| w.path.clone()).unwrap_or_default();
-    let (event, files) = read_event(event, body, content_type, &path)?;
+    let (event, files) = match rule.schedule() {
+        // A scheduled rule run by hand without an event gets a tick of now.
+        Some(trigger) if event.is_none() && body.is_none() => {
+            let now = chrono::Utc::now();
+            let mut tick = crate::triggers::schedule::tick_event(trigger, now, now);
+            tick.source = crate::event::Source::Manual;
+            (tick, UploadedFiles::new())
+        }
+        _ => read_event(event, body, content_type, &path)?,
+    };
     let (_, backend) = crate::server::open_data(settings)?;
     let mode = if dry_run { Mode::Plan } else { Mode::Live };
     let session = Arc::new(
@@ -662,6 +671,7 @@ fn run_rule(
             "error": outcome.error,
             "logs": outcome.logs,
             "api_calls": session.calls(),
+            "progress": session.progress(),
             "changes": if dry_run { Value::Null } else { serde_json::to_value(&changes)? },
             "plan": if dry_run { serde_json::to_value(&changes)? } else { Value::Null },
         });
@@ -690,6 +700,14 @@ fn run_rule(
         }
         let calls = session.calls();
         writeln!(out, "api calls: {}", calls.len())?;
+        let progress = session.progress();
+        if progress.pages > 0 {
+            writeln!(
+                out,
+                "progress: {} pages, {} clients seen, {} changed",
+                progress.pages, progress.clients_seen, progress.changed
+            )?;
+        }
         if changes.is_empty() {
             writeln!(
                 out,

@@ -844,7 +844,7 @@ fn validate_accepts_the_shipped_rules_with_a_one_line_summary() {
     assert_eq!(output.status.code(), Some(0), "{stdout}{stderr}");
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 1, "{stdout}");
-    assert!(lines[0].starts_with("3 rules in 3 files of "), "{stdout}");
+    assert!(lines[0].starts_with("4 rules in 4 files of "), "{stdout}");
     assert!(lines[0].contains(": ok"), "{stdout}");
     assert!(!stderr.contains("error"), "{stderr}");
 }

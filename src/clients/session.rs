@@ -2,7 +2,7 @@
 //! upsert, tag…) written once over any [`Backend`], with the run's accounting (API
 //! calls, changes, limits) and, in plan mode, writes recorded instead of sent.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -12,6 +12,9 @@ use serde_json::{Map, Value};
 use super::image::Image;
 use super::{ApiError, Backend, Client, ListQuery, MAX_PAGE_SIZE, READ_ONLY, Sort};
 use crate::text;
+
+mod walk;
+pub use walk::{ClientWalk, Progress};
 
 /// Live runs send writes; plan runs (dry runs, rule tests) record them as a plan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -188,6 +191,40 @@ pub struct SearchQuery {
 impl SearchQuery {
     pub const DEFAULT_LIMIT: usize = 1000;
 
+    /// The list requests that find the matching clients: one, or one per tag of
+    /// `any_tag`, each from its first page.
+    fn list_requests(&self) -> Vec<ListQuery> {
+        let mut base = ListQuery::first_page();
+        base.id = self.id.clone();
+        base.buyer_id = self.buyer_id.clone();
+        base.sort = self.sort;
+        // The API has no email or phone filter: full-text search narrows, the
+        // post-filter decides.
+        base.fulltext = self
+            .fulltext
+            .clone()
+            .or_else(|| self.email.clone())
+            .or_else(|| self.phone.clone());
+
+        if !self.tags.is_empty() {
+            let mut q = base;
+            q.tags = self.tags.clone();
+            vec![q]
+        } else if !self.any_tags.is_empty() {
+            // Whether several tags match any or all is unknown: one request per tag.
+            self.any_tags
+                .iter()
+                .map(|tag| {
+                    let mut q = base.clone();
+                    q.tags = vec![tag.clone()];
+                    q
+                })
+                .collect()
+        } else {
+            vec![base]
+        }
+    }
+
     fn matches(&self, client: &Client) -> bool {
         if let Some(id) = &self.id
             && &client.id != id
@@ -272,12 +309,50 @@ struct State {
     calls: Vec<ApiCall>,
     changes: Vec<Change>,
     /// Clients read or written in this run, by id: the current state that updates diff
-    /// against, so that an update right after a read sends no second read.
+    /// against, so that an update right after a read sends no second read. At most
+    /// [`KNOWN_MAX`] are kept, the oldest forgotten first (a forgotten client is read
+    /// again if the script comes back to it), so a walk over every client keeps
+    /// memory flat.
     known: HashMap<String, Client>,
+    /// The ids of `known`, oldest first.
+    known_order: VecDeque<String>,
+    /// List requests of `clients::each` walks, and the clients they yielded.
+    pages: u64,
+    seen: u64,
     /// Ids of clients created by a plan run, which exist only in this run.
     planned: HashSet<String>,
     changed: HashSet<String>,
     last_error: Option<SessionError>,
+}
+
+/// The most clients a run keeps in memory as their current state.
+const KNOWN_MAX: usize = 10_000;
+
+impl State {
+    /// Keeps a client's current state, forgetting the oldest past [`KNOWN_MAX`]; clients
+    /// created by a plan run exist only here and are never forgotten.
+    fn keep(&mut self, client: &Client) {
+        if self
+            .known
+            .insert(client.id.clone(), client.clone())
+            .is_none()
+        {
+            self.known_order.push_back(client.id.clone());
+        }
+        while self.known.len() > KNOWN_MAX {
+            let Some(oldest) = self.known_order.pop_front() else {
+                break;
+            };
+            if self.planned.contains(&oldest) {
+                self.known_order.push_back(oldest);
+                if self.planned.len() >= self.known.len() {
+                    break;
+                }
+                continue;
+            }
+            self.known.remove(&oldest);
+        }
+    }
 }
 
 /// Where the bytes of an event's uploaded files are read from: the store for a
@@ -442,7 +517,7 @@ impl Session {
     }
 
     fn remember(&self, client: &Client) {
-        self.state().known.insert(client.id.clone(), client.clone());
+        self.state().keep(client);
     }
 
     /// The client with this id, or `None`.
@@ -483,33 +558,7 @@ impl Session {
         call: &'static str,
         query: &SearchQuery,
     ) -> Result<Vec<Client>, SessionError> {
-        let mut base = ListQuery::first_page();
-        base.id = query.id.clone();
-        base.buyer_id = query.buyer_id.clone();
-        base.sort = query.sort;
-        // The API has no email or phone filter: full-text search narrows, the
-        // post-filter decides.
-        base.fulltext = query
-            .fulltext
-            .clone()
-            .or_else(|| query.email.clone())
-            .or_else(|| query.phone.clone());
-
-        let mut requests = Vec::new();
-        if !query.tags.is_empty() {
-            let mut q = base.clone();
-            q.tags = query.tags.clone();
-            requests.push(q);
-        } else if !query.any_tags.is_empty() {
-            // Whether several tags match any or all is unknown: one request per tag.
-            for tag in &query.any_tags {
-                let mut q = base.clone();
-                q.tags = vec![tag.clone()];
-                requests.push(q);
-            }
-        } else {
-            requests.push(base);
-        }
+        let requests = query.list_requests();
         let union = requests.len() > 1;
 
         let mut seen = HashSet::new();
@@ -671,7 +720,7 @@ impl Session {
     ) {
         let mut state = self.state();
         state.changed.insert(client.id.clone());
-        state.known.insert(client.id.clone(), client.clone());
+        state.keep(client);
         state.changes.push(Change {
             client_id: client.id.clone(),
             kind,

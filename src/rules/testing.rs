@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use super::{Rule, TestSpec};
+use super::{Rule, ScheduleTrigger, TestSpec};
 use crate::clients::embedded::EmbeddedStore;
 use crate::clients::session::{Mode, Session};
 use crate::clients::{Backend, ListQuery};
@@ -57,6 +57,9 @@ fn run_inner(rule: &Rule, test: &TestSpec, failures: &mut Vec<String>) -> Result
         && let Some(hook) = rule.webhook()
     {
         event.path = hook.path.clone();
+    }
+    if let Some(trigger) = rule.schedule() {
+        event = tick_of(trigger, &test.event)?;
     }
     // A fresh store per test: real writes are what the test observes.
     let session = Arc::new(Session::new(
@@ -131,6 +134,28 @@ fn run_inner(rule: &Rule, test: &TestSpec, failures: &mut Vec<String>) -> Result
         }
     }
     Ok(())
+}
+
+/// The event of a scheduled rule's test: a tick, at `event.schedule.scheduled_for` when
+/// the test gives one (RFC 3339), else now.
+fn tick_of(trigger: &ScheduleTrigger, spec: &Map<String, Value>) -> Result<Event, String> {
+    let now = chrono::Utc::now();
+    let at = match spec.get("schedule").and_then(|s| s.get("scheduled_for")) {
+        None => now,
+        Some(Value::String(text)) => chrono::DateTime::parse_from_rfc3339(text)
+            .map_err(|e| {
+                format!(
+                    "event.schedule.scheduled_for: expected an RFC 3339 time, found {text:?}: {e}"
+                )
+            })?
+            .with_timezone(&chrono::Utc),
+        Some(other) => {
+            return Err(format!(
+                "event.schedule.scheduled_for: expected an RFC 3339 time, found {other}"
+            ));
+        }
+    };
+    Ok(crate::triggers::schedule::tick_event(trigger, at, now))
 }
 
 fn all_clients(backend: &dyn Backend) -> Result<Vec<Map<String, Value>>, String> {

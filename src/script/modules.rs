@@ -1,6 +1,7 @@
 //! The modules a script reaches: `clients::`, `log::`, `json::`, `text::`, and the
 //! `skip` and `fail` functions. Nothing else: no files, no network, no environment.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use rhai::{AST, Dynamic, Engine, EvalAltResult, FuncRegistration, Module, Position};
@@ -8,7 +9,7 @@ use rhai::{AST, Dynamic, Engine, EvalAltResult, FuncRegistration, Module, Positi
 use super::convert::{from_dynamic, to_dynamic, to_fields};
 use super::engine::{push_log, runtime_error, stop_error};
 use super::{LogLine, Stop};
-use crate::clients::session::{SearchQuery, Session, SessionError};
+use crate::clients::session::{ClientWalk, SearchQuery, Session, SessionError};
 use crate::clients::{Client, Sort};
 use crate::text;
 
@@ -28,6 +29,7 @@ pub const MODULES: &[(&str, &[&str])] = &[
             "tag",
             "untag",
             "set_image",
+            "each",
         ],
     ),
     ("log", &["info", "warn", "error"]),
@@ -100,6 +102,8 @@ pub fn register_pure(engine: &mut Engine) {
 
 /// Registers every module on a run's engine.
 pub fn register(engine: &mut Engine, session: Arc<Session>, logs: Arc<Mutex<Vec<LogLine>>>) {
+    engine.register_type_with_name::<ClientPages>("clients::each");
+    engine.register_iterator_result::<ClientPages, Dynamic>();
     engine.register_static_module("clients", clients_module(session).into());
     engine.register_static_module("log", log_module(logs).into());
     engine.register_static_module("json", json_module().into());
@@ -292,6 +296,26 @@ fn clients_module(session: Arc<Session>) -> Module {
     let s = session.clone();
     set(
         &mut m,
+        "each",
+        move |query: Dynamic| -> Result<ClientPages> {
+            let mut parsed = search_query(&query)?;
+            // A walk has no default limit: it is for every matching client.
+            let has_limit = query
+                .read_lock::<rhai::Map>()
+                .is_some_and(|m| m.contains_key("limit"));
+            if !has_limit {
+                parsed.limit = usize::MAX;
+            }
+            Ok(ClientPages {
+                session: s.clone(),
+                query: parsed,
+            })
+        },
+    );
+
+    let s = session.clone();
+    set(
+        &mut m,
         "find_by_email",
         move |email: Dynamic| -> Result<Dynamic> {
             if email.is_unit() {
@@ -383,6 +407,76 @@ fn clients_module(session: Arc<Session>) -> Module {
     );
 
     m
+}
+
+/// What `clients::each` returns: the clients matching a query, fetched one page at a
+/// time as a `for` loop asks for them. Looping over it again starts a new walk.
+#[derive(Clone)]
+pub struct ClientPages {
+    session: Arc<Session>,
+    query: SearchQuery,
+}
+
+impl std::fmt::Debug for ClientPages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientPages")
+            .field("query", &self.query)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IntoIterator for ClientPages {
+    type Item = Result<Dynamic>;
+    type IntoIter = ClientIter;
+
+    fn into_iter(self) -> ClientIter {
+        ClientIter {
+            walk: self.session.walk(self.query),
+            session: self.session,
+            page: VecDeque::new(),
+            done: false,
+        }
+    }
+}
+
+/// One walk of [`ClientPages`]: the page in hand, and where the next one comes from.
+pub struct ClientIter {
+    session: Arc<Session>,
+    walk: ClientWalk,
+    page: VecDeque<Client>,
+    done: bool,
+}
+
+impl std::fmt::Debug for ClientIter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientIter")
+            .field("buffered", &self.page.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Iterator for ClientIter {
+    type Item = Result<Dynamic>;
+
+    fn next(&mut self) -> Option<Result<Dynamic>> {
+        loop {
+            if let Some(client) = self.page.pop_front() {
+                return Some(Ok(client_value(&client)));
+            }
+            if self.done {
+                return None;
+            }
+            // A failed request ends the walk; the loop raises the error.
+            match self.session.next_page(&mut self.walk) {
+                Ok(Some(clients)) => self.page.extend(clients),
+                Ok(None) => self.done = true,
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(script_error(e)));
+                }
+            }
+        }
+    }
 }
 
 /// The id and file name of an entry of `event.files`.

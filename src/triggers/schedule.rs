@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
 use crate::event::{Event, Tick};
-use crate::rules::{CatchUp, Overlap, Rule, RuleSet};
+use crate::rules::{CatchUp, Overlap, Rule, RuleSet, ScheduleTrigger};
 use crate::store::{NewTick, Store, StoreError, TickAction, TickOutcome};
 use crate::worker::{SharedRules, Wake, current_rules};
 
@@ -232,13 +232,8 @@ fn handle_rule(
     };
     let on_time = now - fire.at <= ON_TIME;
     let action = if on_time || trigger.catch_up == CatchUp::Latest {
-        let tick = Tick {
-            cron: trigger.cron().to_owned(),
-            timezone: trigger.timezone().name().to_owned(),
-            scheduled_for: fire.at,
-        };
         TickAction::Fire {
-            event: Box::new(Event::scheduled(tick, now)),
+            event: Box::new(tick_event(trigger, fire.at, now)),
             max_attempts: rule.retry.attempts,
             skip_while_unfinished: trigger.overlap == Overlap::Skip,
         }
@@ -259,6 +254,20 @@ fn handle_rule(
         scheduled_for: fire.at,
         outcome,
     }))
+}
+
+/// The event of a rule's tick due at `scheduled_for`, received at `now`.
+pub fn tick_event(
+    trigger: &ScheduleTrigger,
+    scheduled_for: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Event {
+    let tick = Tick {
+        cron: trigger.cron().to_owned(),
+        timezone: trigger.timezone().name().to_owned(),
+        scheduled_for,
+    };
+    Event::scheduled(tick, now)
 }
 
 fn log_report(report: &TickReport, now: DateTime<Utc>) {

@@ -315,6 +315,7 @@ fn run_record(
         "logs": outcome.logs,
         "api_calls": session.calls(),
         "changes": session.changes(),
+        "progress": session.progress(),
     })
 }
 
