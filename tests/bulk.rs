@@ -263,3 +263,192 @@ fn the_nightly_rule_over_a_thousand_clients_through_the_simulator() {
     assert_eq!(total, 95, "nothing else: {counts:?}");
     assert_eq!(repeat_clients(&sim.backend(key)), 100);
 }
+
+// `clients::each` in scripts.
+
+/// A backend whose list requests after the first `ok_pages` fail with a 503.
+struct FailingAfter {
+    inner: Box<dyn Backend>,
+    ok_pages: u64,
+    lists: AtomicU64,
+}
+
+impl Backend for FailingAfter {
+    fn list(&self, query: &ListQuery) -> Result<Page, ApiError> {
+        if self.lists.fetch_add(1, Ordering::SeqCst) >= self.ok_pages {
+            return Err(ApiError::unavailable("list", "the API is down"));
+        }
+        self.inner.list(query)
+    }
+    fn get(&self, id: &str) -> Result<Option<Client>, ApiError> {
+        self.inner.get(id)
+    }
+    fn create(&self, attributes: &Map<String, Value>) -> Result<Client, ApiError> {
+        self.inner.create(attributes)
+    }
+    fn update(&self, id: &str, attributes: &Map<String, Value>) -> Result<Client, ApiError> {
+        self.inner.update(id, attributes)
+    }
+    fn name(&self) -> &'static str {
+        "failing"
+    }
+}
+
+/// Runs a script, as a scheduled rule with these limits, over `backend`.
+fn run_script(
+    script: &str,
+    limits: &str,
+    backend: Arc<dyn Backend>,
+) -> (
+    clientrules::script::Outcome,
+    Arc<clientrules::clients::session::Session>,
+) {
+    use clientrules::clients::session::{Mode, Session};
+    let dir = tempfile::tempdir().unwrap();
+    let indented: String = script.lines().map(|l| format!("  {l}\n")).collect();
+    let text = format!(
+        "name: walk\non:\n  schedule:\n    cron: '@daily'\nlimits:\n{limits}script: |\n{indented}"
+    );
+    std::fs::write(dir.path().join("walk.yaml"), text).unwrap();
+    let set = RuleSet::from_report(load::load_dir(dir.path(), &|_| None).unwrap());
+    assert!(!set.has_errors(), "{:#?}", set.diagnostics);
+    let rule = set.get("walk").unwrap().clone();
+    let session = Arc::new(Session::new(
+        backend,
+        Mode::Live,
+        rule.limits.max_api_calls,
+        rule.limits.max_changes,
+    ));
+    let trigger = rule.schedule().unwrap();
+    let now = Utc::now();
+    let event = clientrules::triggers::schedule::tick_event(trigger, now, now);
+    let outcome = clientrules::script::run(&rule, &event.to_script_value(), session.clone(), None);
+    (outcome, session)
+}
+
+fn counted(n: usize) -> (Arc<Counts>, Arc<dyn Backend>, EmbeddedBackend) {
+    let clients = EmbeddedStore::in_memory().unwrap();
+    let backend = clients.company("default");
+    seed(&backend, n);
+    let counts = Arc::new(Counts::default());
+    let counting: Arc<dyn Backend> = Arc::new(Counting {
+        inner: Box::new(backend.clone()),
+        counts: counts.clone(),
+    });
+    (counts, counting, backend)
+}
+
+#[test]
+fn each_fetches_pages_only_as_the_loop_asks() {
+    let (counts, backend, _) = counted(1_000);
+    let (outcome, _) = run_script(
+        "let n = 0;\nfor c in clients::each(#{}) {\n    n += 1;\n    if n == 250 { break; }\n}\nlog::info(`${n}`);",
+        "  max_api_calls: 100\n",
+        backend,
+    );
+    assert_eq!(
+        format!("{:?}", outcome.status),
+        "Succeeded",
+        "{:?}",
+        outcome.error
+    );
+    assert_eq!(outcome.logs[0].message, "250");
+    assert_eq!(
+        counts.list.load(Ordering::SeqCst),
+        2,
+        "two pages for 250 clients"
+    );
+}
+
+#[test]
+fn each_takes_the_search_filters_and_a_limit() {
+    let (counts, backend, _) = counted(1_000);
+    let (outcome, session) = run_script(
+        "let n = 0;\nfor c in clients::each(#{ tag: \"repeat-client\" }) { n += 1; }\n\
+         let m = 0;\nfor c in clients::each(#{ limit: 5 }) { m += 1; }\nlog::info(`${n} ${m}`);",
+        "  max_api_calls: 100\n",
+        backend,
+    );
+    assert!(outcome.error.is_none(), "{:?}", outcome.error);
+    assert_eq!(outcome.logs[0].message, "10 5");
+    assert_eq!(counts.list.load(Ordering::SeqCst), 2);
+    assert_eq!(session.progress().clients_seen, 15);
+}
+
+#[test]
+fn looping_over_each_again_walks_again() {
+    let (counts, backend, _) = counted(300);
+    let (outcome, _) = run_script(
+        "let all = clients::each(#{});\nlet n = 0;\nfor c in all { n += 1; }\nfor c in all { n += 1; }\nlog::info(`${n}`);",
+        "  max_api_calls: 100\n",
+        backend,
+    );
+    assert!(outcome.error.is_none(), "{:?}", outcome.error);
+    assert_eq!(outcome.logs[0].message, "600");
+    assert_eq!(counts.list.load(Ordering::SeqCst), 4);
+}
+
+#[test]
+fn a_walk_past_max_api_calls_fails_on_the_limit() {
+    let (_, backend, _) = counted(1_000);
+    let (outcome, _) = run_script(
+        "for c in clients::each(#{}) {\n    try { clients::tag(c, \"seen\"); } catch { }\n}",
+        "  max_api_calls: 30\n",
+        backend,
+    );
+    let error = outcome.error.unwrap();
+    assert_eq!(
+        error.limit.as_deref(),
+        Some("max_api_calls"),
+        "{}",
+        error.message
+    );
+    assert!(
+        error.message.contains("the rule allows 30 API calls a run"),
+        "{}",
+        error.message
+    );
+}
+
+#[test]
+fn an_api_failure_in_the_middle_of_a_walk_fails_the_run_for_a_retry() {
+    let clients = EmbeddedStore::in_memory().unwrap();
+    let inner = clients.company("default");
+    seed(&inner, 500);
+    let backend = Arc::new(FailingAfter {
+        inner: Box::new(inner),
+        ok_pages: 1,
+        lists: AtomicU64::new(0),
+    });
+    let (outcome, session) = run_script(
+        "let n = 0;\nfor c in clients::each(#{}) { n += 1; }",
+        "  max_api_calls: 100\n",
+        backend,
+    );
+    let error = outcome.error.unwrap();
+    assert!(error.message.contains("clients::each"), "{}", error.message);
+    assert!(error.message.contains("503"), "{}", error.message);
+    assert!(outcome.retryable, "a 503 is worth a retry");
+    assert_eq!(session.progress().clients_seen, 200);
+    assert_eq!(
+        error.line,
+        Some(9),
+        "the `for` line of the script in the rule file"
+    );
+}
+
+#[test]
+fn each_refuses_what_is_not_a_query() {
+    let (_, backend, _) = counted(10);
+    let (outcome, _) = run_script(
+        "for c in clients::each(5) { }",
+        "  max_api_calls: 100\n",
+        backend,
+    );
+    let error = outcome.error.unwrap();
+    assert!(
+        error.message.contains("expected a map"),
+        "{}",
+        error.message
+    );
+}

@@ -109,3 +109,151 @@ impl Session {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::{Map, Value, json};
+
+    use super::*;
+    use crate::clients::Backend;
+    use crate::clients::embedded::EmbeddedStore;
+    use crate::clients::session::{KNOWN_MAX, Mode, State};
+
+    /// A session over `n` clients; client `i` is tagged `even` or `odd`, and `third`
+    /// when `i` is a multiple of 3.
+    fn session(n: usize) -> Session {
+        let store = EmbeddedStore::in_memory().unwrap();
+        let backend = store.company("c");
+        let items: Vec<Map<String, Value>> = (0..n)
+            .map(|i| {
+                let mut tags = vec![if i % 2 == 0 { "even" } else { "odd" }];
+                if i % 3 == 0 {
+                    tags.push("third");
+                }
+                json!({"email": format!("c{i}@example.com"), "tags": tags})
+                    .as_object()
+                    .cloned()
+                    .unwrap()
+            })
+            .collect();
+        backend.create_many(&items).unwrap();
+        let backend: Arc<dyn Backend> = Arc::new(backend);
+        Session::new(backend, Mode::Live, 10_000, None)
+    }
+
+    fn walk_all(session: &Session, query: SearchQuery) -> Vec<String> {
+        let mut walk = session.walk(query);
+        let mut ids = Vec::new();
+        while let Some(page) = session.next_page(&mut walk).unwrap() {
+            assert!(page.len() <= 200);
+            ids.extend(page.into_iter().map(|c| c.id));
+        }
+        ids
+    }
+
+    fn query() -> SearchQuery {
+        SearchQuery {
+            limit: usize::MAX,
+            ..SearchQuery::default()
+        }
+    }
+
+    #[test]
+    fn a_walk_reads_one_page_a_call_until_the_last() {
+        let s = session(450);
+        let mut walk = s.walk(query());
+        assert!(
+            s.calls().is_empty(),
+            "nothing is fetched before it is asked for"
+        );
+        let sizes: Vec<usize> = std::iter::from_fn(|| s.next_page(&mut walk).unwrap())
+            .map(|p| p.len())
+            .collect();
+        assert_eq!(sizes, [200, 200, 50]);
+        assert_eq!(s.calls().len(), 3);
+        assert_eq!(
+            s.progress(),
+            Progress {
+                pages: 3,
+                clients_seen: 450,
+                changed: 0
+            }
+        );
+        assert!(
+            s.next_page(&mut walk).unwrap().is_none(),
+            "an ended walk stays ended"
+        );
+        assert_eq!(s.calls().len(), 3);
+    }
+
+    #[test]
+    fn a_walk_stops_at_its_limit_without_another_request() {
+        let s = session(450);
+        let ids = walk_all(
+            &s,
+            SearchQuery {
+                limit: 210,
+                ..SearchQuery::default()
+            },
+        );
+        assert_eq!(ids.len(), 210);
+        assert_eq!(s.calls().len(), 2);
+    }
+
+    #[test]
+    fn tags_filter_and_any_tag_walks_each_client_once() {
+        let s = session(300);
+        let even = walk_all(
+            &s,
+            SearchQuery {
+                tags: vec!["even".into(), "third".into()],
+                ..query()
+            },
+        );
+        assert_eq!(even.len(), 50, "multiples of 6 below 300");
+        let s = session(300);
+        let either = walk_all(
+            &s,
+            SearchQuery {
+                any_tags: vec!["even".into(), "third".into()],
+                ..query()
+            },
+        );
+        // 150 even, plus the 50 odd multiples of 3; the 50 that are both come once.
+        assert_eq!(either.len(), 200);
+        let mut unique = either.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), 200);
+    }
+
+    #[test]
+    fn a_run_keeps_a_bounded_number_of_clients_in_memory() {
+        let mut state = State::default();
+        let client = |i: usize| Client {
+            id: i.to_string(),
+            attributes: Map::new(),
+        };
+        state.planned.insert("0".into());
+        for i in 0..KNOWN_MAX + 500 {
+            state.keep(&client(i));
+        }
+        assert_eq!(state.known.len(), KNOWN_MAX);
+        assert!(
+            state.known.contains_key("0"),
+            "a planned client is never forgotten"
+        );
+        assert!(
+            !state.known.contains_key("1"),
+            "the oldest is forgotten first"
+        );
+        assert!(state.known.contains_key(&(KNOWN_MAX + 499).to_string()));
+        // Keeping a known client again does not grow the order.
+        state.keep(&client(KNOWN_MAX + 499));
+        assert_eq!(state.known.len(), KNOWN_MAX);
+        assert_eq!(state.known_order.len(), KNOWN_MAX);
+    }
+}
