@@ -75,7 +75,10 @@ impl TokioClock {
 impl Clock for TokioClock {
     fn now(&self) -> DateTime<Utc> {
         let elapsed = tokio::time::Instant::now() - self.start;
-        self.wall + chrono::TimeDelta::from_std(elapsed).unwrap_or(chrono::TimeDelta::MAX)
+        chrono::TimeDelta::from_std(elapsed)
+            .ok()
+            .and_then(|d| self.wall.checked_add_signed(d))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC)
     }
 }
 
