@@ -80,17 +80,23 @@ fn utc(text: &str) -> DateTime<Utc> {
 /// `n` clients: every tenth has three inspection tags, and every hundredth already has
 /// the repeat-client tag as well.
 fn seed(backend: &EmbeddedBackend, n: usize) {
+    seed_every(backend, n, 10);
+}
+
+/// `n` clients: one in `every` has three inspection tags, and one in `10 × every`
+/// already has the repeat-client tag as well.
+fn seed_every(backend: &EmbeddedBackend, n: usize, every: usize) {
     let items: Vec<Map<String, Value>> = (0..n)
         .map(|i| {
             let mut tags = vec![json!("website-lead")];
-            if i % 10 == 0 {
+            if i % every == 0 {
                 tags.extend([
                     json!("inspection-2023-01-05"),
                     json!("inspection-2024-02-11"),
                     json!("inspection-2025-03-20"),
                 ]);
             }
-            if i % 100 == 0 {
+            if i % (10 * every) == 0 {
                 tags.push(json!("repeat-client"));
             }
             let client = json!({
@@ -451,4 +457,69 @@ fn each_refuses_what_is_not_a_query() {
         "{}",
         error.message
     );
+}
+
+// The benchmark. Not a timed test: it prints its figures. Run it with
+// `cargo test --release --test bulk -- --ignored --nocapture bench_`.
+
+/// The peak resident memory of this process since the last reset, in KiB (Linux).
+fn peak_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Starts a new peak: the kernel sets the high-water mark to the current size.
+fn reset_peak() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Runs the nightly rule over `n` clients through a simulator with a rate limit, on the
+/// real clock; prints and returns (requests, seconds, peak KiB during the run).
+fn bench_run(n: usize, per_minute: u32) -> (u64, f64, Option<u64>) {
+    use clientrules::clients::clock::SystemClock;
+    let key = "bench-key";
+    let sim = sim::spawn(SimConfig::new([key]), "127.0.0.1:0".parse().unwrap()).unwrap();
+    // One in 50 qualifies and one in 500 has the tag already: 9 writes per 500 clients.
+    seed_every(&sim.backend(key), n, 50);
+    sim.faults.reset_counts();
+    let mut config = SpectoraConfig::new(sim.base_url(), ApiKey::new(key).unwrap());
+    config.requests_per_minute = per_minute;
+    let burst = config.burst();
+    let http = SpectoraClient::with_clock(&config, Arc::new(SystemClock)).unwrap();
+
+    let base = peak_kib();
+    reset_peak();
+    let started = std::time::Instant::now();
+    let record = run_nightly(Arc::new(http));
+    let seconds = started.elapsed().as_secs_f64();
+    let peak = peak_kib();
+
+    assert_eq!(record["status"], "succeeded", "{:#}", record["error"]);
+    let counts = sim.faults.counts();
+    let requests: u64 = counts.values().sum();
+    let lists = counts.get("GET /v2/contacts").copied().unwrap_or(0);
+    let writes = counts.get("PATCH /v2/contacts/{id}").copied().unwrap_or(0);
+    assert_eq!(lists, n.div_ceil(200) as u64, "{counts:?}");
+    assert_eq!(writes, (n / 50 - n / 500) as u64, "{counts:?}");
+    assert_eq!(requests, lists + writes, "{counts:?}");
+    let interval = 60.0 / f64::from(per_minute);
+    let bound = requests.saturating_sub(u64::from(burst)) as f64 * interval;
+    println!(
+        "{n} clients at {per_minute} requests/min (burst {burst}): {requests} requests \
+         ({lists} lists, {writes} writes) in {seconds:.1} s; rate-limit lower bound \
+         {bound:.1} s ({:.0}%); peak RSS {} KiB before the run, {} KiB during it",
+        100.0 * seconds / bound.max(f64::EPSILON),
+        base.map_or("?".into(), |k| k.to_string()),
+        peak.map_or("?".into(), |k| k.to_string()),
+    );
+    (requests, seconds, peak)
+}
+
+#[test]
+#[ignore = "a benchmark: minutes of real time against a rate limit"]
+fn bench_nightly_tagging_over_fifty_thousand_clients_against_a_rate_limited_simulator() {
+    // The same rate for a fifth of the clients first, to compare the memory.
+    bench_run(10_000, 1_200);
+    bench_run(50_000, 1_200);
 }
