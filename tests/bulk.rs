@@ -509,9 +509,13 @@ fn bench_run(n: usize, per_minute: u32) -> (u64, f64, Option<u64>) {
     println!(
         "{n} clients at {per_minute} requests/min (burst {burst}): {requests} requests \
          ({lists} lists, {writes} writes) in {seconds:.1} s; rate-limit lower bound \
-         {bound:.1} s ({:.0}%); resident memory {} KiB at the start, peak {} KiB \
+         {bound:.1} s ({}); resident memory {} KiB at the start, peak {} KiB \
          (+{} KiB)",
-        100.0 * seconds / bound.max(f64::EPSILON),
+        if bound > 0.0 {
+            format!("{:.0}% of it", 100.0 * seconds / bound)
+        } else {
+            "all within the burst".into()
+        },
         base.map_or("?".into(), |k| k.to_string()),
         peak.map_or("?".into(), |k| k.to_string()),
         match (base, peak) {
