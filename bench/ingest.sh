@@ -56,7 +56,7 @@ load() {
     oha --no-tui -z "${SECONDS_}s" -q "$RATE" -c "$CONNECTIONS" --latency-correction \
         -m POST -H 'content-type: application/json' -d "$BODY" \
         "http://127.0.0.1:$port/hooks/sink" >"$WORK/$name.txt"
-    grep -E 'Success rate|Requests/sec|50.00%|90.00%|99.00%|99.90%|\[2[0-9][0-9]\]|\[[45][0-9][0-9]\]|Error' "$WORK/$name.txt" | sed 's/^/  /'
+    grep -E 'Success rate|Requests/sec|(50|90|99|99\.9)0%|\[[0-9]{3}\] [0-9]+ responses|^  \[' "$WORK/$name.txt" | sed 's/^/  /'
 }
 
 "$BARE" 127.0.0.1:8181 2>/dev/null &
