@@ -30,7 +30,10 @@ use serde_json::{Map, Value};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use super::image::Image;
-use super::{ApiError, Backend, Client, ListQuery, MAX_PAGE_SIZE, Page, READ_ONLY, SortKey};
+use super::{
+    ApiError, Backend, Client, ListQuery, MAX_PAGE_SIZE, Page, READ_ONLY, SortKey,
+    refuse_email_change,
+};
 use crate::text;
 
 /// How long a write waits for another connection's lock before it gives up.
@@ -325,13 +328,7 @@ impl Backend for EmbeddedBackend {
 
     fn update(&self, id: &str, attributes: &Map<String, Value>) -> Result<Client, ApiError> {
         const OP: &str = "update";
-        if attributes.contains_key("email") {
-            return Err(ApiError::unprocessable(
-                OP,
-                "email",
-                "email cannot be changed once a client exists",
-            ));
-        }
+        refuse_email_change(OP, attributes)?;
         let changes = clean(OP, attributes)?;
         let mut conn = self.lock();
         let tx = write_transaction(&mut conn, OP)?;
@@ -393,13 +390,7 @@ impl Backend for EmbeddedBackend {
         image: &Image,
     ) -> Result<Client, ApiError> {
         const OP: &str = "set_image";
-        if attributes.contains_key("email") {
-            return Err(ApiError::unprocessable(
-                OP,
-                "email",
-                "email cannot be changed once a client exists",
-            ));
-        }
+        refuse_email_change(OP, attributes)?;
         if !attributes.is_empty() {
             self.update(id, attributes)?;
         }

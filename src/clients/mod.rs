@@ -188,6 +188,22 @@ impl ApiError {
     }
 }
 
+/// Refuses a write that would change a client's email, which the API never allows:
+/// before anything is sent, with the attribute named as the API would name it.
+pub fn refuse_email_change(
+    operation: &'static str,
+    attributes: &Map<String, Value>,
+) -> Result<(), ApiError> {
+    if attributes.contains_key("email") {
+        return Err(ApiError::unprocessable(
+            operation,
+            "email",
+            "email cannot be changed once a client exists",
+        ));
+    }
+    Ok(())
+}
+
 /// The four operations of the Spectora Clients API. Every `clients::` script function
 /// is written once over this trait. Implementations are blocking: scripts run on
 /// worker threads, never on the async runtime.

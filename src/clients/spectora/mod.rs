@@ -22,7 +22,7 @@ use self::transport::{Answer, Body, Failure, Request, Transport};
 use super::clock::{Clock, SystemClock};
 use super::image::Image;
 use super::paging::Pager;
-use super::{ApiError, Backend, Client, ListQuery, Page};
+use super::{ApiError, Backend, Client, ListQuery, Page, refuse_email_change};
 use crate::text;
 
 pub use self::transport::BuildError;
@@ -338,13 +338,7 @@ impl Backend for SpectoraClient {
 
     fn update(&self, id: &str, attributes: &Map<String, Value>) -> Result<Client, ApiError> {
         const OP: &str = "update";
-        if attributes.contains_key("email") {
-            return Err(ApiError::unprocessable(
-                OP,
-                "email",
-                "email cannot be changed once a client exists",
-            ));
-        }
+        refuse_email_change(OP, attributes)?;
         let request = Request {
             method: Method::PATCH,
             path: Self::contact_path(id),
@@ -361,13 +355,7 @@ impl Backend for SpectoraClient {
         image: &Image,
     ) -> Result<Client, ApiError> {
         const OP: &str = "set_image";
-        if attributes.contains_key("email") {
-            return Err(ApiError::unprocessable(
-                OP,
-                "email",
-                "email cannot be changed once a client exists",
-            ));
-        }
+        refuse_email_change(OP, attributes)?;
         let request = Request {
             method: Method::PATCH,
             path: Self::contact_path(id),

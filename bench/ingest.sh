@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Durable ingest against a handler that stores nothing, at a fixed request rate.
+#
+#   bash bench/ingest.sh [RATE] [SECONDS]      (defaults: 5000 a second for 15 seconds)
+#
+# Needs oha (`cargo install oha`). Starts, on loopback only: the bare handler, then
+# `clientrules serve` with group commit, then with one commit a request, each on a fresh
+# data folder with one rule that accepts every delivery and writes nothing; drives each
+# with the same load from this second process and prints the latency percentiles.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RATE=${1:-5000}
+SECONDS_=${2:-15}
+CONNECTIONS=${CONNECTIONS:-64}
+command -v oha >/dev/null || { echo "oha is needed: cargo install oha" >&2; exit 1; }
+
+cargo build --release --quiet --bin clientrules --example bare-webhook
+BIN=target/release/clientrules
+BARE=target/release/examples/bare-webhook
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+mkdir -p "$WORK/rules"
+cat > "$WORK/rules/sink.yaml" <<'YAML'
+name: sink
+description: Accepts every delivery and writes nothing.
+on:
+  webhook:
+    path: /hooks/sink
+script: |
+  let size = event.raw.len();
+YAML
+
+BODY='{"email":"jane.baker@example.com","first_name":"Jane","last_name":"Baker","phone":"+13035550111"}'
+
+wait_port() {
+    for _ in $(seq 1 100); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    echo "nothing listens on port $1" >&2
+    exit 1
+}
+
+load() {
+    local name=$1 port=$2
+    echo "== $name: $RATE requests a second for ${SECONDS_}s, $CONNECTIONS connections"
+    oha --no-tui -z "${SECONDS_}s" -q "$RATE" -c "$CONNECTIONS" --latency-correction \
+        -m POST -H 'content-type: application/json' -d "$BODY" \
+        "http://127.0.0.1:$port/hooks/sink" >"$WORK/$name.txt"
+    grep -E 'Success rate|Requests/sec|(50|90|99|99\.9)0%|\[[0-9]{3}\] [0-9]+ responses|^  \[' "$WORK/$name.txt" | sed 's/^/  /'
+}
+
+"$BARE" 127.0.0.1:8181 2>/dev/null &
+PIDS+=($!)
+wait_port 8181
+load bare 8181
+
+for mode in group each; do
+    port=$([ "$mode" = group ] && echo 8182 || echo 8183)
+    CLIENTRULES_LOG=warn "$BIN" serve --listen "127.0.0.1:$port" --rules "$WORK/rules" \
+        --data "$WORK/data-$mode" --commit "$mode" 2>"$WORK/serve-$mode.log" &
+    PIDS+=($!)
+    wait_port "$port"
+    load "commit-$mode" "$port"
+    # With sqlite3 at hand, count what was stored: every 2xx is an event.
+    if command -v sqlite3 >/dev/null; then
+        echo "  events stored: $(sqlite3 "$WORK/data-$mode/clientrules.db" 'SELECT count(*) FROM events')"
+    fi
+done
