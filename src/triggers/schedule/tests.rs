@@ -555,3 +555,28 @@ async fn a_restart_in_the_middle_follows_each_catch_up_policy() {
         assert_eq!(s.skipped_missed, missed, "{policy}");
     }
 }
+
+#[test]
+fn a_tick_counted_as_missed_cannot_fire_later_from_a_lagging_scheduler() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    let set = rules(&[("job", "    cron: '0 * * * *'\n    catch_up: latest\n")]);
+    run_then_stop(&path, &set);
+    // Back at 05:30: 05:00 fires, and 03:00 and 04:00 are counted as missed.
+    let store = open(&path);
+    let mut back = Scheduler::new(store.clone());
+    back.sync(&set, utc("2024-05-01T05:30:00Z"));
+    assert_eq!(
+        outcomes(&back.run_due(utc("2024-05-01T05:30:00Z"))),
+        [("job", "fired")]
+    );
+    // A scheduler that lags behind reaches 04:00, which has no row of its own.
+    let mut lagging = Scheduler::new(open(&path));
+    lagging.sync(&set, utc("2024-05-01T02:30:00Z"));
+    lagging.tracked.get_mut("job").unwrap().cursor = utc("2024-05-01T03:30:00Z");
+    let reports = lagging.run_due(utc("2024-05-01T04:00:10Z"));
+    assert_eq!(outcomes(&reports), [("job", "already")]);
+    assert_eq!(fired(store.as_ref()).len(), 3);
+    let s = state(store.as_ref(), "job");
+    assert_eq!((s.fired, s.skipped_missed), (3, 2));
+}
