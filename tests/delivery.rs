@@ -89,7 +89,7 @@ async fn a_redelivery_with_a_seen_key_is_answered_as_a_duplicate_and_runs_nothin
     let service = Service::start_default(rules.path(), data.path());
 
     let first = post_with_id(&service, "dlv-1", "dee@example.com").await;
-    assert_eq!(first.status(), 202);
+    assert_eq!(first.status(), 202, "{}", service.logs());
     let first: Value = first.json().await.unwrap();
     assert_eq!(first["duplicate"], false);
 
@@ -100,7 +100,7 @@ async fn a_redelivery_with_a_seen_key_is_answered_as_a_duplicate_and_runs_nothin
     assert_eq!(again["event_id"], first["event_id"]);
 
     let other = post_with_id(&service, "dlv-2", "dee2@example.com").await;
-    assert_eq!(other.status(), 202);
+    assert_eq!(other.status(), 202, "{}", service.logs());
 
     let runs = service.wait_for_runs("rule=deduped", 2).await;
     // Give a wrongly queued duplicate the time to run, then count again.

@@ -180,7 +180,7 @@ impl Store for SqliteStore {
     fn insert_batch(&self, batch: &[NewEvent]) -> Result<Vec<Inserted>> {
         let now = millis(Utc::now());
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = write_transaction(&mut conn)?;
         let mut outcomes = Vec::with_capacity(batch.len());
         for item in batch {
             if let Some(key) = &item.dedupe {
@@ -302,7 +302,7 @@ impl Store for SqliteStore {
             serde_json::to_string(&run.record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let now = millis(Utc::now());
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = write_transaction(&mut conn)?;
         tx.execute(
             "INSERT INTO runs (id, job_id, event_id, rule, status, started_at, record)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -443,7 +443,7 @@ impl Store for SqliteStore {
     ) -> Result<Vec<i64>> {
         let now = millis(Utc::now());
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = write_transaction(&mut conn)?;
         // The newest job of each rule on this event is the one the replay follows.
         let previous: Vec<(i64, String)> = {
             let mut stmt = tx.prepare(
@@ -589,4 +589,12 @@ fn stored_run(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRun> {
         started_at: from_millis(r.get(5)?),
         record: serde_json::from_str(&record).unwrap_or(serde_json::Value::Null),
     })
+}
+
+/// A write transaction that takes the write lock at its start. A deferred one would take
+/// a read snapshot first, and SQLite refuses (at once, whatever the busy timeout) to
+/// upgrade a snapshot that another connection's commit made stale: the ingest writer,
+/// the workers and the embedded clients each write through a connection of their own.
+fn write_transaction(conn: &mut Connection) -> rusqlite::Result<rusqlite::Transaction<'_>> {
+    conn.transaction_with_behavior(TransactionBehavior::Immediate)
 }
