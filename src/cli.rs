@@ -49,6 +49,9 @@ pub enum Command {
         paths: Vec<PathBuf>,
         #[arg(long, env = "CLIENTRULES_RULES", default_value = "./rules")]
         rules: PathBuf,
+        /// The region of phones written without a country code.
+        #[arg(long, env = "CLIENTRULES_PHONE_REGION", default_value = "US")]
+        phone_region: String,
     },
     /// Run one rule on one event, without the server.
     Run {
@@ -168,7 +171,12 @@ pub fn run_command(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Serve { .. } | Command::Sim(_) => bail!("this command runs on the async runtime"),
         Command::Validate { dir, rules } => validate(&dir.unwrap_or(rules)),
-        Command::Test { paths, rules } => {
+        Command::Test {
+            paths,
+            rules,
+            phone_region,
+        } => {
+            crate::text::set_default_region(&phone_region)?;
             let paths = if paths.is_empty() { vec![rules] } else { paths };
             test_rules(&paths)
         }
@@ -409,6 +417,7 @@ fn run_rule(
     dry_run: bool,
     as_json: bool,
 ) -> anyhow::Result<ExitCode> {
+    crate::text::set_default_region(&settings.phone_region)?;
     let set = load_rules_or_fail(settings)?;
     let Some(rule) = set.get(name).cloned() else {
         for d in set.errors() {

@@ -16,6 +16,7 @@
 //! | [`cli`] | the command line |
 //! | [`settings`] | flags, environment and defaults |
 //! | [`text`] | normalization of emails, names, tags and phones |
+//! | [`time`] | dates as forms send them: parsing, formatting, counting days |
 
 pub mod admin;
 pub mod cli;
@@ -28,5 +29,6 @@ pub mod settings;
 pub mod sim;
 pub mod store;
 pub mod text;
+pub mod time;
 pub mod triggers;
 pub mod worker;

@@ -107,6 +107,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         );
     }
 
+    crate::text::set_default_region(&settings.phone_region)?;
     let rules = load_rules(&settings)?;
     let (store, backend) = open_data(&settings)?;
     let requeued = store.requeue_running()?;

@@ -3,6 +3,7 @@
 
 pub mod convert;
 pub mod engine;
+pub mod helpers;
 pub mod modules;
 
 use std::path::PathBuf;
@@ -107,7 +108,7 @@ fn parse_diagnostic(origin: &Origin, e: &rhai::ParseError) -> Diagnostic {
         Diagnostic::error(&origin.file, line, column, message).with_source(origin.source.clone());
     if let rhai::ParseErrorType::ModuleUndefined(name) = e.err_type() {
         d.message = format!("script error: unknown module `{name}`");
-        d.help = Some("scripts can use the modules clients, log, json and text".into());
+        d.help = Some("scripts can use the modules clients, log, json, text and time".into());
     }
     if let rhai::ParseErrorType::VariableUndefined(name) = e.err_type() {
         d.help = Some(if name == "client" || name == "clients" {
