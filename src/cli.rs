@@ -462,6 +462,7 @@ fn run_rule(
             "api_calls": session.calls(),
             "changes": if dry_run { Value::Null } else { serde_json::to_value(&changes)? },
             "plan": if dry_run { serde_json::to_value(&changes)? } else { Value::Null },
+            "diff": changes.iter().map(|c| c.describe()).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&record)?);
     } else {
