@@ -485,7 +485,7 @@ fn run_rule(
             }
         )?;
         if let Some(e) = &outcome.error {
-            writeln!(out, "error: {e}")?;
+            write!(out, "{}", render_run_error(&rule, e))?;
         }
         let calls = session.calls();
         writeln!(out, "api calls: {}", calls.len())?;
@@ -514,6 +514,30 @@ fn run_rule(
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// A run's error as the compiler-style report of a rule file: the line of the script
+/// that failed with a marker under it, when the error has a position.
+fn render_run_error(rule: &rules::Rule, error: &script::RunError) -> String {
+    let origins = std::iter::once(&rule.script.origin).chain(rule.when.iter().map(|w| &w.origin));
+    let source = origins
+        .filter(|o| error.file.as_ref() == Some(&o.file))
+        .map(|o| o.source.clone())
+        .next();
+    match (source, &error.file, error.line) {
+        (Some(source), Some(file), Some(line)) => {
+            let mut d = rules::Diagnostic::error(
+                file,
+                line,
+                error.column.unwrap_or(1),
+                error.message.clone(),
+            )
+            .with_source(source);
+            d.rule = Some(rule.name.clone());
+            d.render()
+        }
+        _ => format!("error: {error}\n"),
+    }
 }
 
 fn clients(command: ClientsCommand) -> anyhow::Result<ExitCode> {

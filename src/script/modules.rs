@@ -59,7 +59,14 @@ pub fn unknown_calls(ast: &AST) -> Vec<(Position, String, Option<String>)> {
                 ),
             ));
         }
-        if let Some(rhai::ASTNode::Expr(rhai::Expr::FnCall(call, pos))) = path.last() {
+        // A call is an expression (`let c = clients::get(1)`) or, on its own, a
+        // statement (`clients::tag(c, "x");`).
+        let call = match path.last() {
+            Some(rhai::ASTNode::Expr(rhai::Expr::FnCall(call, pos)))
+            | Some(rhai::ASTNode::Stmt(rhai::Stmt::FnCall(call, pos))) => Some((call, pos)),
+            _ => None,
+        };
+        if let Some((call, pos)) = call {
             if call.namespace.path.is_empty() {
                 if call.name == "eval" {
                     problems.push((
