@@ -928,7 +928,7 @@ fn indentation_problem(text: &str, pos: Pos, message: &str) -> Option<(Pos, Stri
         !t.is_empty() && !t.starts_with('#')
     }
     let index = pos.line.checked_sub(1)?;
-    let line = lines.get(index).filter(|l| meaningful(l))?;
+    let line = lines.get(index).filter(meaningful)?;
     let own = indent(line);
     // The indentations in use above: a wrongly indented key matches none of them.
     let mut above: Vec<usize> = lines[..index]
