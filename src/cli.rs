@@ -1,4 +1,4 @@
-//! The command line: `serve`, `validate`, `test`, `run`, `clients` and `sim`.
+//! The command line: `serve`, `validate`, `test`, `run`, `schema`, `clients` and `sim`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -75,6 +75,8 @@ pub enum Command {
         #[command(flatten)]
         settings: Settings,
     },
+    /// Print the JSON Schema of rule files, for editors with a YAML language server.
+    Schema,
     /// Read clients on the configured backend.
     Clients {
         #[command(subcommand)]
@@ -190,6 +192,11 @@ pub fn run_command(command: Command) -> anyhow::Result<ExitCode> {
             settings,
         } => run_rule(&settings, &rule, event, body, content_type, dry_run, json),
         Command::Clients { command } => clients(command),
+        Command::Schema => {
+            let schema = rules::schema::rule_file_schema();
+            println!("{}", serde_json::to_string_pretty(&schema)?);
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod diagnostic;
 pub mod file;
 pub mod load;
+pub mod schema;
 pub mod spans;
 pub mod testing;
 
