@@ -125,8 +125,8 @@ fn a_full_name_fills_in_and_a_thin_notice_tidies_the_client() {
         "application/json",
     );
     assert!(
-        out.contains("plan") || out.contains("changes: none"),
-        "{out}"
+        out.contains("changes: none"),
+        "a tidy client is left alone: {out}"
     );
     let clients = list_clients(data.path());
     let jane = client_with_email(&clients, "jane.baker@example.com");
