@@ -108,7 +108,20 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     }
 
     crate::text::set_default_region(&settings.phone_region)?;
-    let rules = load_rules(&settings)?;
+    // Rules are loaded by the reloader, which keeps each file's last good version for
+    // the reloads that follow.
+    let reloader = Arc::new(crate::rules::reload::Reloader::new(
+        &settings.rules,
+        load::process_env,
+    ));
+    let rules = reloader
+        .load()
+        .with_context(|| format!("cannot read the rules folder {}", settings.rules.display()))?;
+    info!(
+        loaded = rules.rules().len(),
+        errors = rules.errors().count(),
+        "rules loaded"
+    );
     let (store, backend) = open_data(&settings)?;
     let requeued = store.requeue_running()?;
     if requeued > 0 {
@@ -132,6 +145,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         metrics: metrics.clone(),
     };
     let pool = Pool::start(context, settings.workers).context("cannot start the workers")?;
+    reloader
+        .start(shared.clone(), settings.watch_rules)
+        .context("cannot watch the rules folder")?;
 
     let ingest = crate::store::ingest::Ingestor::start(store.clone(), settings.commit)
         .context("cannot start the ingest writer")?;

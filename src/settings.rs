@@ -55,6 +55,10 @@ pub struct Settings {
     #[arg(long, env = "CLIENTRULES_PHONE_REGION", default_value = "US", value_parser = parse_phone_region)]
     pub phone_region: String,
 
+    /// Reload rule files when they change; SIGHUP reloads them either way.
+    #[arg(long, env = "CLIENTRULES_WATCH_RULES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub watch_rules: bool,
+
     #[command(flatten)]
     pub backend: BackendSettings,
 }

@@ -17,7 +17,7 @@ use crate::script::{self, Compiled, Origin};
 const RESERVED_PATHS: &[&str] = &["/api", "/healthz", "/readyz", "/metrics", "/ui"];
 
 /// A rule that loaded, with what a rule set needs to report clashes between files.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Loaded {
     pub rule: Rule,
     pub source: Arc<str>,
