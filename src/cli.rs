@@ -1,4 +1,5 @@
-//! The command line: `serve`, `validate`, `test`, `run`, `schema`, `clients` and `sim`.
+//! The command line: `serve`, `validate`, `test`, `run`, `backtest`, `schema`, `clients`
+//! and `sim`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -77,6 +78,23 @@ pub enum Command {
     },
     /// Print the JSON Schema of rule files, for editors with a YAML language server.
     Schema,
+    /// Run the stored events of a rule through the rule as it is on disk now, without
+    /// writing, and report where the outcome differs from the recorded runs.
+    Backtest {
+        /// The rule's name.
+        rule: String,
+        /// Only events received within this long before now, such as 7d or 12h.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<std::time::Duration>,
+        /// The most events to compare, newest first (at most 10000).
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        settings: Settings,
+    },
     /// Read clients on the configured backend.
     Clients {
         #[command(subcommand)]
@@ -192,6 +210,13 @@ pub fn run_command(command: Command) -> anyhow::Result<ExitCode> {
             settings,
         } => run_rule(&settings, &rule, event, body, content_type, dry_run, json),
         Command::Clients { command } => clients(command),
+        Command::Backtest {
+            rule,
+            since,
+            limit,
+            json,
+            settings,
+        } => backtest_rule(&settings, &rule, since, limit, json),
         Command::Schema => {
             let schema = rules::schema::rule_file_schema();
             println!("{}", serde_json::to_string_pretty(&schema)?);
@@ -521,6 +546,113 @@ fn run_rule(
     } else {
         ExitCode::SUCCESS
     })
+}
+
+fn backtest_rule(
+    settings: &Settings,
+    name: &str,
+    since: Option<std::time::Duration>,
+    limit: usize,
+    as_json: bool,
+) -> anyhow::Result<ExitCode> {
+    crate::text::set_default_region(&settings.phone_region)?;
+    let set = load_rules_or_fail(settings)?;
+    let Some(rule) = set.get(name).cloned() else {
+        for d in set.errors() {
+            eprint!("{}", d.render());
+        }
+        bail!(
+            "no rule named {name} loaded from {}; a backtest runs the rule as it is on disk",
+            settings.rules.display()
+        );
+    };
+    let from = match since {
+        Some(window) => Some(
+            chrono::Utc::now()
+                - chrono::Duration::from_std(window)
+                    .with_context(|| format!("--since {window:?} is too long"))?,
+        ),
+        None => None,
+    };
+    let (store, backend) = crate::server::open_data(settings)?;
+    let store: Arc<dyn crate::store::Store> = store;
+    let report = crate::backtest::backtest(&rule, &store, backend, from, limit.clamp(1, 10_000))?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let mut out = std::io::stdout().lock();
+    let window = since
+        .map(|w| format!(" received in the last {}", humantime::format_duration(w)))
+        .unwrap_or_default();
+    writeln!(
+        out,
+        "backtest of rule {} ({}) against {} stored event{}{window}",
+        rule.name,
+        rule.file.display(),
+        report.events,
+        plural(report.events)
+    )?;
+    if report.not_run > 0 {
+        writeln!(
+            out,
+            "{} more event{} not run yet, left out",
+            report.not_run,
+            plural(report.not_run)
+        )?;
+    }
+    if report.events == 0 {
+        writeln!(out, "nothing to compare")?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(
+        out,
+        "{} the same, {} differ{}",
+        report.same,
+        report.differing(),
+        if report.differing() == 1 { "s" } else { "" }
+    )?;
+    let mut counts: Vec<(&String, &usize)> = report.counts.iter().collect();
+    counts.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    for (kind, n) in counts {
+        writeln!(
+            out,
+            "  {n} of {} events: {}",
+            report.events,
+            difference_words(kind)
+        )?;
+    }
+    for example in &report.examples {
+        let kinds: Vec<String> = example.kinds.iter().map(|k| difference_words(k)).collect();
+        writeln!(
+            out,
+            "\nevent {} ({}): {}",
+            example.event_id,
+            example.received_at.format("%Y-%m-%d %H:%M:%S UTC"),
+            kinds.join(", ")
+        )?;
+        for (side, effect) in [("recorded", &example.recorded), ("now", &example.now)] {
+            writeln!(out, "  {side} ({}):", effect.status)?;
+            if effect.lines.is_empty() {
+                writeln!(out, "    no writes")?;
+            }
+            for line in &effect.lines {
+                writeln!(out, "    {line}")?;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A kind of difference in words: `tags differ`, `status differs`.
+fn difference_words(kind: &str) -> String {
+    match kind {
+        "status" => "status differs".into(),
+        "clients changed" => "the clients changed differ".into(),
+        field if field.ends_with('s') => format!("{field} differ"),
+        field => format!("{field} differs"),
+    }
 }
 
 /// A run's error as the compiler-style report of a rule file: the line of the script
