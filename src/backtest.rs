@@ -375,6 +375,7 @@ impl crate::clients::session::FileSource for StoredFiles {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use serde_json::json;
