@@ -89,10 +89,13 @@ pub fn phone_region(code: &str) -> Result<phonenumber::country::Id, UnknownRegio
         .map_err(|_| UnknownRegion(code.to_owned()))
 }
 
-/// Sets the region of phones written without a country code, for the whole process.
+/// Sets the region of phones written without a country code, for the whole process,
+/// and loads the phone library's metadata now (half a second in a debug build), so
+/// that the first run to read a phone does not spend its time limit on it.
 pub fn set_default_region(code: &str) -> Result<(), UnknownRegion> {
     let id = phone_region(code)?;
     *DEFAULT_REGION.write().unwrap_or_else(|p| p.into_inner()) = Some(id);
+    let _ = normalize_phone("+1 303 555 0100", id);
     Ok(())
 }
 
