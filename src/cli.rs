@@ -583,8 +583,8 @@ fn backtest_rule(
     }
 
     let mut out = std::io::stdout().lock();
-    let window = since
-        .map(|w| format!(" received in the last {}", humantime::format_duration(w)))
+    let window = from
+        .map(|t| format!(" received since {}", t.format("%Y-%m-%d %H:%M UTC")))
         .unwrap_or_default();
     writeln!(
         out,
