@@ -1,5 +1,5 @@
-//! The command line: `serve`, `validate`, `test`, `run`, `schedule`, `replay`, `clients`
-//! and `sim`.
+//! The command line: `serve`, `validate`, `test`, `run`, `backtest`, `schema`, `schedule`,
+//! `replay`, `clients` and `sim`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -58,6 +58,9 @@ pub enum Command {
         paths: Vec<PathBuf>,
         #[arg(long, env = "CLIENTRULES_RULES", default_value = "./rules")]
         rules: PathBuf,
+        /// The region of phones written without a country code.
+        #[arg(long, env = "CLIENTRULES_PHONE_REGION", default_value = "US")]
+        phone_region: String,
     },
     /// Run one rule on one event, without the server.
     Run {
@@ -96,6 +99,25 @@ pub enum Command {
         json: bool,
         #[arg(long, env = "CLIENTRULES_RULES", default_value = "./rules")]
         rules: PathBuf,
+    },
+    /// Print the JSON Schema of rule files, for editors with a YAML language server.
+    Schema,
+    /// Run the stored events of a rule through the rule as it is on disk now, without
+    /// writing, and report where the outcome differs from the recorded runs.
+    Backtest {
+        /// The rule's name.
+        rule: String,
+        /// Only events received within this long before now, such as 7d or 12h.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<std::time::Duration>,
+        /// The most events to compare, newest first (at most 10000).
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        settings: Settings,
     },
     /// Read clients on the configured backend.
     Clients {
@@ -261,7 +283,12 @@ pub fn run_command(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Serve { .. } | Command::Sim(_) => bail!("this command runs on the async runtime"),
         Command::Validate { dir, rules } => validate(&dir.unwrap_or(rules)),
-        Command::Test { paths, rules } => {
+        Command::Test {
+            paths,
+            rules,
+            phone_region,
+        } => {
+            crate::text::set_default_region(&phone_region)?;
             let paths = if paths.is_empty() { vec![rules] } else { paths };
             test_rules(&paths)
         }
@@ -289,6 +316,18 @@ pub fn run_command(command: Command) -> anyhow::Result<ExitCode> {
             limit,
             settings,
         } => replay(&settings, event, rule, dead, limit),
+        Command::Backtest {
+            rule,
+            since,
+            limit,
+            json,
+            settings,
+        } => backtest_rule(&settings, &rule, since, limit, json),
+        Command::Schema => {
+            let schema = rules::schema::rule_file_schema();
+            outln!("{}", serde_json::to_string_pretty(&schema)?);
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -620,6 +659,7 @@ fn run_rule(
     dry_run: bool,
     as_json: bool,
 ) -> anyhow::Result<ExitCode> {
+    crate::text::set_default_region(&settings.phone_region)?;
     let set = load_rules_or_fail(settings)?;
     let Some(rule) = set.get(name).cloned() else {
         for d in set.errors() {
@@ -674,6 +714,7 @@ fn run_rule(
             "progress": session.progress(),
             "changes": if dry_run { Value::Null } else { serde_json::to_value(&changes)? },
             "plan": if dry_run { serde_json::to_value(&changes)? } else { Value::Null },
+            "diff": changes.iter().map(|c| c.describe()).collect::<Vec<_>>(),
         });
         outln!("{}", serde_json::to_string_pretty(&record)?);
     } else {
@@ -696,7 +737,7 @@ fn run_rule(
             }
         )?;
         if let Some(e) = &outcome.error {
-            writeln!(out, "error: {e}")?;
+            write!(out, "{}", render_run_error(&rule, e))?;
         }
         let calls = session.calls();
         writeln!(out, "api calls: {}", calls.len())?;
@@ -733,6 +774,137 @@ fn run_rule(
     } else {
         ExitCode::SUCCESS
     })
+}
+
+fn backtest_rule(
+    settings: &Settings,
+    name: &str,
+    since: Option<std::time::Duration>,
+    limit: usize,
+    as_json: bool,
+) -> anyhow::Result<ExitCode> {
+    crate::text::set_default_region(&settings.phone_region)?;
+    let set = load_rules_or_fail(settings)?;
+    let Some(rule) = set.get(name).cloned() else {
+        for d in set.errors() {
+            eprint!("{}", d.render());
+        }
+        bail!(
+            "no rule named {name} loaded from {}; a backtest runs the rule as it is on disk",
+            settings.rules.display()
+        );
+    };
+    let from = match since {
+        Some(window) => Some(
+            chrono::Utc::now()
+                - chrono::Duration::from_std(window)
+                    .with_context(|| format!("--since {window:?} is too long"))?,
+        ),
+        None => None,
+    };
+    let (store, backend) = crate::server::open_data(settings)?;
+    let store: Arc<dyn crate::store::Store> = store;
+    let report = crate::backtest::backtest(&rule, &store, backend, from, limit.clamp(1, 10_000))?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let mut out = std::io::stdout().lock();
+    let window = from
+        .map(|t| format!(" received since {}", t.format("%Y-%m-%d %H:%M UTC")))
+        .unwrap_or_default();
+    writeln!(
+        out,
+        "backtest of rule {} ({}) against {} stored event{}{window}",
+        rule.name,
+        rule.file.display(),
+        report.events,
+        plural(report.events)
+    )?;
+    if report.not_run > 0 {
+        writeln!(
+            out,
+            "{} more event{} not run yet, left out",
+            report.not_run,
+            plural(report.not_run)
+        )?;
+    }
+    if report.events == 0 {
+        writeln!(out, "nothing to compare")?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(
+        out,
+        "{} the same, {} differ{}",
+        report.same,
+        report.differing(),
+        if report.differing() == 1 { "s" } else { "" }
+    )?;
+    let mut counts: Vec<(&String, &usize)> = report.counts.iter().collect();
+    counts.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    for (kind, n) in counts {
+        writeln!(
+            out,
+            "  {n} of {} events: {}",
+            report.events,
+            difference_words(kind)
+        )?;
+    }
+    for example in &report.examples {
+        let kinds: Vec<String> = example.kinds.iter().map(|k| difference_words(k)).collect();
+        writeln!(
+            out,
+            "\nevent {} ({}): {}",
+            example.event_id,
+            example.received_at.format("%Y-%m-%d %H:%M:%S UTC"),
+            kinds.join(", ")
+        )?;
+        for (side, effect) in [("recorded", &example.recorded), ("now", &example.now)] {
+            writeln!(out, "  {side} ({}):", effect.status)?;
+            if effect.lines.is_empty() {
+                writeln!(out, "    no writes")?;
+            }
+            for line in &effect.lines {
+                writeln!(out, "    {line}")?;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A kind of difference in words: `tags differ`, `status differs`.
+fn difference_words(kind: &str) -> String {
+    match kind {
+        "status" => "status differs".into(),
+        "clients changed" => "the clients changed differ".into(),
+        field if field.ends_with('s') => format!("{field} differ"),
+        field => format!("{field} differs"),
+    }
+}
+
+/// A run's error as the compiler-style report of a rule file: the line of the script
+/// that failed with a marker under it, when the error has a position.
+fn render_run_error(rule: &rules::Rule, error: &script::RunError) -> String {
+    let origins = std::iter::once(&rule.script.origin).chain(rule.when.iter().map(|w| &w.origin));
+    let source = origins
+        .filter(|o| error.file.as_ref() == Some(&o.file))
+        .map(|o| o.source.clone())
+        .next();
+    match (source, &error.file, error.line) {
+        (Some(source), Some(file), Some(line)) => {
+            let mut d = rules::Diagnostic::error(
+                file,
+                line,
+                error.column.unwrap_or(1),
+                error.message.clone(),
+            )
+            .with_source(source);
+            d.rule = Some(rule.name.clone());
+            d.render()
+        }
+        _ => format!("error: {error}\n"),
+    }
 }
 
 fn clients(command: ClientsCommand) -> anyhow::Result<ExitCode> {

@@ -13,11 +13,14 @@
 //! | [`admin`] | the admin API, health and readiness |
 //! | [`server`] | `serve`: assembling the above into one process |
 //! | [`sim`] | `sim`: a local server of the Spectora Clients API, with fault switches |
+//! | [`backtest`] | stored events run again through a rule as it is now, compared with their runs |
 //! | [`cli`] | the command line |
 //! | [`settings`] | flags, environment and defaults |
 //! | [`text`] | normalization of emails, names, tags and phones |
+//! | [`time`] | dates as forms send them: parsing, formatting, counting days |
 
 pub mod admin;
+pub mod backtest;
 pub mod cli;
 pub mod clients;
 pub mod event;
@@ -28,5 +31,6 @@ pub mod settings;
 pub mod sim;
 pub mod store;
 pub mod text;
+pub mod time;
 pub mod triggers;
 pub mod worker;

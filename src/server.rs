@@ -107,7 +107,21 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         );
     }
 
-    let rules = load_rules(&settings)?;
+    crate::text::set_default_region(&settings.phone_region)?;
+    // Rules are loaded by the reloader, which keeps each file's last good version for
+    // the reloads that follow.
+    let reloader = Arc::new(crate::rules::reload::Reloader::new(
+        &settings.rules,
+        load::process_env,
+    ));
+    let rules = reloader
+        .load()
+        .with_context(|| format!("cannot read the rules folder {}", settings.rules.display()))?;
+    info!(
+        loaded = rules.rules().len(),
+        errors = rules.errors().count(),
+        "rules loaded"
+    );
     let (store, backend) = open_data(&settings)?;
     let requeued = store.requeue_running()?;
     if requeued > 0 {
@@ -137,6 +151,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         wake.clone(),
         Arc::new(crate::triggers::schedule::SystemClock),
     );
+    reloader
+        .start(shared.clone(), settings.watch_rules)
+        .context("cannot watch the rules folder")?;
 
     let ingest = crate::store::ingest::Ingestor::start(store.clone(), settings.commit)
         .context("cannot start the ingest writer")?;

@@ -50,6 +50,15 @@ pub struct Settings {
     #[arg(long, env = "CLIENTRULES_SHUTDOWN_GRACE", default_value_t = 10)]
     pub shutdown_grace: u64,
 
+    /// The region of phones written without a country code, for
+    /// `text::normalize_phone` and for matching clients by phone: a two-letter code.
+    #[arg(long, env = "CLIENTRULES_PHONE_REGION", default_value = "US", value_parser = parse_phone_region)]
+    pub phone_region: String,
+
+    /// Reload rule files when they change; SIGHUP reloads them either way.
+    #[arg(long, env = "CLIENTRULES_WATCH_RULES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub watch_rules: bool,
+
     #[command(flatten)]
     pub backend: BackendSettings,
 }
@@ -145,6 +154,12 @@ fn parse_net(text: &str) -> Result<ipnet::IpNet, String> {
         .ok_or_else(|| format!("expected an IP address or a CIDR range, found {text:?}"))
 }
 
+fn parse_phone_region(text: &str) -> Result<String, String> {
+    crate::text::phone_region(text)
+        .map(|id| id.as_ref().to_owned())
+        .map_err(|e| e.to_string())
+}
+
 /// Parses `1048576`, `512KiB`, `1MiB` (and `KB`/`MB` as the same binary units).
 pub fn parse_size(text: &str) -> Result<usize, String> {
     let t = text.trim();
@@ -172,6 +187,13 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn phone_regions_are_checked() {
+        assert_eq!(parse_phone_region("ca").unwrap(), "CA");
+        let err = parse_phone_region("Canada").unwrap_err();
+        assert!(err.contains("two-letter region"), "{err}");
+    }
 
     #[test]
     fn sizes_parse_with_units() {

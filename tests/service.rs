@@ -844,7 +844,16 @@ fn validate_accepts_the_shipped_rules_with_a_one_line_summary() {
     assert_eq!(output.status.code(), Some(0), "{stdout}{stderr}");
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 1, "{stdout}");
-    assert!(lines[0].starts_with("4 rules in 4 files of "), "{stdout}");
+    let files = std::fs::read_dir(shipped_rules())
+        .expect("the rules folder")
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "yaml"))
+        .count();
+    assert!(files >= 3, "{stdout}");
+    assert!(
+        lines[0].starts_with(&format!("{files} rules in {files} files of ")),
+        "{stdout}"
+    );
     assert!(lines[0].contains(": ok"), "{stdout}");
     assert!(!stderr.contains("error"), "{stderr}");
 }

@@ -107,8 +107,12 @@ async fn rules(State(app): State<Arc<AppState>>) -> Response {
         .iter()
         .map(|r| {
             let state = states.iter().find(|s| s.rule == r.name);
+            // A rule whose file now has errors runs its last good version.
+            let stale = set.stale.get(&r.file);
             json!({
                 "name": r.name,
+                "status": if stale.is_some() { "stale" } else { "ok" },
+                "file_errors": stale.map(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>()).unwrap_or_default(),
                 "description": r.description,
                 "file": r.file,
                 "path": r.webhook().map(|w| &w.path),

@@ -116,7 +116,7 @@ impl Change {
                     .fields
                     .iter()
                     .filter(|f| f.field != "email")
-                    .map(|f| format!("{}: {}", f.field, short(&f.after)))
+                    .map(|f| format!("{}: {}", f.field, plain(&f.after)))
                     .collect();
                 format!("+ create client {who} {{{}}}", fields.join(", "))
             }
@@ -162,6 +162,27 @@ fn short(value: &Value) -> String {
     }
 }
 
+/// A value as YAML's flow style writes it: strings bare unless quotes are needed.
+fn plain(value: &Value) -> String {
+    match value {
+        Value::String(s)
+            if !s.is_empty()
+                && s.chars().count() <= 60
+                && s.trim() == s
+                && !s.contains([',', ':', '{', '}', '[', ']', '"', '#', '\n'])
+                && !matches!(s.as_str(), "true" | "false" | "null" | "~")
+                && s.parse::<f64>().is_err() =>
+        {
+            s.clone()
+        }
+        Value::Array(items) => format!(
+            "[{}]",
+            items.iter().map(plain).collect::<Vec<_>>().join(", ")
+        ),
+        other => short(other),
+    }
+}
+
 fn tag_list(value: &Value) -> Vec<String> {
     match value {
         Value::Array(items) => items
@@ -204,7 +225,7 @@ impl SearchQuery {
             .fulltext
             .clone()
             .or_else(|| self.email.clone())
-            .or_else(|| self.phone.clone());
+            .or_else(|| self.phone.as_deref().and_then(phone_needle));
 
         if !self.tags.is_empty() {
             let mut q = base;
@@ -270,8 +291,17 @@ impl SearchQuery {
     }
 }
 
-/// Two phones are the same when their digits are, ignoring a country code on one side.
+/// Two phones are the same when their E.164 forms are (in the default region), or,
+/// for text the phone library cannot read, when their digits are, ignoring a country
+/// code on one side.
 fn same_phone(a: &str, b: &str) -> bool {
+    let region = text::default_region();
+    if let (Some(a), Some(b)) = (
+        text::normalize_phone(a, region),
+        text::normalize_phone(b, region),
+    ) {
+        return a == b;
+    }
     let a = a.trim_start_matches('+');
     let b = b.trim_start_matches('+');
     if a.is_empty() || b.is_empty() {
@@ -280,6 +310,13 @@ fn same_phone(a: &str, b: &str) -> bool {
     a == b
         || (a.len() > b.len() && a.ends_with(b) && b.len() >= 7)
         || (b.len() > a.len() && b.ends_with(a) && a.len() >= 7)
+}
+
+/// The last four digits of a phone: found in a stored phone however it was written,
+/// `(303) 555-0122` or `+13035550122`, so a full-text search narrows without missing.
+fn phone_needle(phone: &str) -> Option<String> {
+    let digits: Vec<char> = phone.chars().filter(char::is_ascii_digit).collect();
+    (digits.len() >= 4).then(|| digits[digits.len() - 4..].iter().collect())
 }
 
 fn value_text(value: &Value) -> String {
@@ -1105,3 +1142,124 @@ fn kind_of(value: &Value) -> &'static str {
 
 /// The page size the session asks for; kept here so tests can count requests.
 pub const PAGE_SIZE: u32 = MAX_PAGE_SIZE;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::clients::embedded::EmbeddedStore;
+    use serde_json::json;
+
+    fn session_with(clients: Value) -> Session {
+        let store = EmbeddedStore::in_memory().unwrap();
+        let backend = store.company("default");
+        let items: Vec<Map<String, Value>> = match clients {
+            Value::Array(items) => items
+                .into_iter()
+                .filter_map(|v| v.as_object().cloned())
+                .collect(),
+            _ => Vec::new(),
+        };
+        backend.create_many(&items).unwrap();
+        Session::new(Arc::new(backend), Mode::Plan, 100, None)
+    }
+
+    fn fields(value: Value) -> Map<String, Value> {
+        value.as_object().cloned().unwrap()
+    }
+
+    #[test]
+    fn emails_match_after_normalizing() {
+        let s = session_with(json!([{"email": "jane@example.com", "first_name": "Jane"}]));
+        for typed in [
+            "Jane@Example.com ",
+            "  JANE@EXAMPLE.COM",
+            "ja\u{200B}ne@example.com",
+            "\u{FEFF}jane@example.com\n",
+        ] {
+            let found = s.find_by_email(typed).unwrap();
+            assert_eq!(
+                found.and_then(|c| c.str_attr("first_name").map(str::to_owned)),
+                Some("Jane".to_owned()),
+                "{typed:?}"
+            );
+        }
+        assert!(s.find_by_email("   ").unwrap().is_none());
+        assert!(s.find_by_email("john@example.com").unwrap().is_none());
+    }
+
+    #[test]
+    fn upsert_with_a_differently_written_email_updates_the_client() {
+        let s = session_with(json!([{"email": "jane@example.com", "first_name": "Jane"}]));
+        let client = s
+            .upsert(fields(
+                json!({"email": " Jane@Example.COM ", "last_name": "Baker"}),
+            ))
+            .unwrap();
+        assert_eq!(client.str_attr("last_name"), Some("Baker"));
+        let changes = s.changes();
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].kind, ChangeKind::Updated, "no second client");
+    }
+
+    #[test]
+    fn phones_match_whatever_their_punctuation() {
+        let s = session_with(json!([{"phone": "(303) 555-0122", "first_name": "Dan"}]));
+        let client = s
+            .upsert(fields(
+                json!({"phone": "+1 303.555.0122", "last_name": "Ortiz"}),
+            ))
+            .unwrap();
+        assert_eq!(client.str_attr("first_name"), Some("Dan"));
+        assert_eq!(s.changes()[0].kind, ChangeKind::Updated);
+        let query = SearchQuery {
+            phone: Some("3035550122".into()),
+            limit: 10,
+            ..SearchQuery::default()
+        };
+        assert_eq!(s.search(&query).unwrap().len(), 1);
+        let other = SearchQuery {
+            phone: Some("(303) 555-0199".into()),
+            limit: 10,
+            ..SearchQuery::default()
+        };
+        assert!(s.search(&other).unwrap().is_empty());
+    }
+
+    #[test]
+    fn tags_match_in_nfc() {
+        let s = session_with(json!([{"email": "a@example.com", "tags": ["Ren\u{e9}e"]}]));
+        let client = s.find_by_email("a@example.com").unwrap().unwrap();
+        // The decomposed form of the same tag: nothing to add.
+        s.tag(&client.id, &["Rene\u{301}e".to_owned()]).unwrap();
+        assert!(s.changes().is_empty(), "{:?}", s.changes());
+        let query = SearchQuery {
+            tags: vec![text::normalize_label("Rene\u{301}e")],
+            limit: 10,
+            ..SearchQuery::default()
+        };
+        assert_eq!(s.search(&query).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn plan_lines_read_as_a_diff() {
+        let s = session_with(json!([{"email": "jane@example.com", "first_name": "Jane"}]));
+        let jane = s.find_by_email("jane@example.com").unwrap().unwrap();
+        s.update(&jane.id, fields(json!({"last_name": "Baker"})))
+            .unwrap();
+        s.tag(&jane.id, &["lead".to_owned()]).unwrap();
+        s.create(fields(
+            json!({"email": "new@example.com", "first_name": "Ana"}),
+        ))
+        .unwrap();
+        let lines: Vec<String> = s.changes().iter().map(Change::describe).collect();
+        assert_eq!(
+            lines,
+            vec![
+                format!("~ client {}: last_name \"\" → \"Baker\"", jane.id),
+                format!("~ client {}: tags +lead", jane.id),
+                "+ create client new@example.com {first_name: Ana}".to_owned(),
+            ]
+        );
+    }
+}

@@ -1,11 +1,12 @@
 //! The rule file as written: the strict serde schema of `rules/*.yaml`, before any
 //! value is resolved, validated or compiled.
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 /// One rule file. Unknown keys are errors, so a typo never silently disables a setting.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RuleFile {
     pub name: String,
@@ -29,7 +30,7 @@ pub struct RuleFile {
 }
 
 /// What the rule subscribes to: exactly one trigger.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OnSpec {
     #[serde(default)]
@@ -38,7 +39,7 @@ pub struct OnSpec {
     pub schedule: Option<ScheduleSpec>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookSpec {
     #[serde(default)]
@@ -52,7 +53,7 @@ pub struct WebhookSpec {
 }
 
 /// How deliveries prove who sent them. Every scheme given must pass.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VerifySpec {
     #[serde(default)]
@@ -68,7 +69,7 @@ pub struct VerifySpec {
 }
 
 /// One secret, or several while a secret is being rotated.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum Secrets {
     One(String),
@@ -89,7 +90,7 @@ impl Secrets {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HmacSpec {
     pub secret: Secrets,
@@ -105,7 +106,7 @@ pub struct HmacSpec {
     pub timestamp: Option<TimestampSpec>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TimestampSpec {
     /// The header holding the timestamp; without one, the signature header is read as
@@ -118,7 +119,7 @@ pub struct TimestampSpec {
 }
 
 /// The Standard Webhooks scheme: `webhook-id`, `webhook-timestamp`, `webhook-signature`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StandardWebhooksSpec {
     pub secret: Secrets,
@@ -127,7 +128,7 @@ pub struct StandardWebhooksSpec {
 }
 
 /// A shared secret sent as is, in a header or a query parameter.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenSpec {
     pub secret: Secrets,
@@ -137,7 +138,7 @@ pub struct TokenSpec {
     pub query: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BasicSpec {
     pub username: String,
@@ -152,14 +153,14 @@ fn default_encoding() -> String {
     "hex".into()
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RespondSpec {
     #[serde(default)]
     pub redirect: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleSpec {
     pub cron: String,
@@ -172,7 +173,7 @@ pub struct ScheduleSpec {
 }
 
 /// Per-run limits; each absent one takes the service default.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsSpec {
     #[serde(default)]
@@ -185,7 +186,7 @@ pub struct LimitsSpec {
     pub max_changes: Option<u32>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetrySpec {
     #[serde(default)]
@@ -196,7 +197,7 @@ pub struct RetrySpec {
 
 /// A test kept in the rule file: an event, the clients that exist before, and what
 /// the run must leave behind.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TestSpec {
     pub name: String,
@@ -208,14 +209,14 @@ pub struct TestSpec {
     pub expect: ExpectSpec,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GivenSpec {
     #[serde(default)]
     pub clients: Vec<Map<String, Value>>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExpectSpec {
     #[serde(default)]

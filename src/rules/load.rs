@@ -19,7 +19,7 @@ use crate::triggers::cron::{Cron, Schedule, parse_timezone};
 const RESERVED_PATHS: &[&str] = &["/api", "/healthz", "/readyz", "/metrics", "/ui"];
 
 /// A rule that loaded, with what a rule set needs to report clashes between files.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Loaded {
     pub rule: Rule,
     pub source: Arc<str>,
@@ -138,9 +138,13 @@ impl Loader {
         let spans = match Spans::index(text) {
             Ok(spans) => spans,
             Err((pos, message)) => {
+                let indentation = indentation_problem(text, pos, &message);
+                let pos = indentation.as_ref().map_or(pos, |(at, _)| *at);
                 let d = self.error(pos, format!("YAML syntax error: {message}"));
                 if message.contains("tab") {
                     d.help = Some("indent with spaces; YAML does not allow tabs".into());
+                } else if let Some((_, help)) = indentation {
+                    d.help = Some(help);
                 }
                 return None;
             }
@@ -988,6 +992,59 @@ pub fn parse_net(text: &str) -> Option<ipnet::IpNet> {
             .ok()
             .map(ipnet::IpNet::from)
     })
+}
+
+/// For a YAML error that a wrongly indented line causes, the start of that line and
+/// a help that compares its indentation with the lines above it.
+fn indentation_problem(text: &str, pos: Pos, message: &str) -> Option<(Pos, String)> {
+    const SIGNS: &[&str] = &[
+        "did not find expected key",
+        "mapping values are not allowed",
+        "did not find expected '-'",
+        "block mapping",
+        "block sequence",
+    ];
+    if !SIGNS.iter().any(|s| message.contains(s)) {
+        return None;
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    let indent = |line: &str| line.len() - line.trim_start_matches(' ').len();
+    fn meaningful(line: &&&str) -> bool {
+        let t = line.trim();
+        !t.is_empty() && !t.starts_with('#')
+    }
+    let index = pos.line.checked_sub(1)?;
+    let line = lines.get(index).filter(meaningful)?;
+    let own = indent(line);
+    // The indentations in use above: a wrongly indented key matches none of them.
+    let mut above: Vec<usize> = lines[..index]
+        .iter()
+        .filter(meaningful)
+        .map(|l| indent(l))
+        .collect();
+    above.sort_unstable();
+    above.dedup();
+    if above.contains(&own) {
+        return None;
+    }
+    let columns = above
+        .iter()
+        .map(|n| n.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let at = Pos {
+        line: pos.line,
+        column: own + 1,
+    };
+    Some((
+        at,
+        format!(
+            "line {} is indented by {own} space{}, but the lines above use {columns}; \
+             keys of one mapping start in the same column",
+            pos.line,
+            if own == 1 { "" } else { "s" }
+        ),
+    ))
 }
 
 fn valid_name(name: &str) -> bool {

@@ -4,6 +4,8 @@
 pub mod diagnostic;
 pub mod file;
 pub mod load;
+pub mod reload;
+pub mod schema;
 pub mod spans;
 pub mod testing;
 
@@ -257,6 +259,9 @@ pub struct RuleSet {
     by_path: HashMap<String, usize>,
     /// Every problem of the last load, errors and warnings.
     pub diagnostics: Vec<Diagnostic>,
+    /// Rule files whose latest version failed to load, with its errors: their last
+    /// good version is the one in the set.
+    pub stale: std::collections::BTreeMap<PathBuf, Vec<Diagnostic>>,
 }
 
 impl RuleSet {

@@ -3,6 +3,7 @@
 
 pub mod convert;
 pub mod engine;
+pub mod helpers;
 pub mod modules;
 
 use std::path::PathBuf;
@@ -107,7 +108,7 @@ fn parse_diagnostic(origin: &Origin, e: &rhai::ParseError) -> Diagnostic {
         Diagnostic::error(&origin.file, line, column, message).with_source(origin.source.clone());
     if let rhai::ParseErrorType::ModuleUndefined(name) = e.err_type() {
         d.message = format!("script error: unknown module `{name}`");
-        d.help = Some("scripts can use the modules clients, log, json and text".into());
+        d.help = Some("scripts can use the modules clients, log, json, text and time".into());
     }
     if let rhai::ParseErrorType::VariableUndefined(name) = e.err_type() {
         d.help = Some(if name == "client" || name == "clients" {
@@ -263,7 +264,7 @@ pub fn run(
             },
             Err(e) => Err(Some(describe_error(
                 &e,
-                &when.origin,
+                when,
                 &session,
                 &sandbox,
                 &mut outcome,
@@ -275,8 +276,7 @@ pub fn run(
         Ok(()) => match engine.run_ast_with_scope(&mut scope, &rule.script.ast) {
             Ok(()) => {}
             Err(e) => {
-                let error =
-                    describe_error(&e, &rule.script.origin, &session, &sandbox, &mut outcome);
+                let error = describe_error(&e, &rule.script, &session, &sandbox, &mut outcome);
                 if outcome.status == RunStatus::Succeeded {
                     outcome.status = RunStatus::Failed;
                     outcome.error = Some(error);
@@ -304,7 +304,7 @@ pub fn run(
 /// unused error; every other error fails the run.
 fn describe_error(
     e: &EvalAltResult,
-    origin: &Origin,
+    compiled: &Compiled,
     session: &Session,
     sandbox: &engine::Sandbox,
     outcome: &mut Outcome,
@@ -317,7 +317,13 @@ fn describe_error(
         functions.push(name.clone());
         e = inner.as_ref();
     }
-    let pos = e.position();
+    let origin = compiled.origin.as_ref();
+    let mut pos = e.position();
+    if pos.is_none() {
+        // Errors of module functions come without a position: find the call by the
+        // name the message starts with, when the script makes only one such call.
+        pos = only_call_of(&compiled.ast, &error_text(e)).unwrap_or(pos);
+    }
     let (line, column) = match origin.locate(pos) {
         Some((l, c)) => (Some(l), Some(c)),
         None => (None, None),
@@ -385,4 +391,59 @@ fn describe_error(
         error.message = format!("in function `{name}`: {}", error.message);
     }
     error
+}
+
+/// The text of an error as the run record shows it, before any prefix.
+fn error_text(e: &EvalAltResult) -> String {
+    match e {
+        EvalAltResult::ErrorRuntime(value, _) => value.to_string(),
+        EvalAltResult::ErrorTerminated(token, _) => match engine::stop_of(token) {
+            Some(Stop::Fail(_)) => "fail:".into(),
+            Some(Stop::Skip(_)) => "skip:".into(),
+            Some(Stop::Limit { message, .. }) => message,
+            _ => String::new(),
+        },
+        other => engine::plain_message(other),
+    }
+}
+
+/// The position of the one call of the function an error message names
+/// (`clients::update: ...`, `limit ...: clients::tag needs another`, `fail:`), or
+/// `None` when the script calls it more than once or not at all.
+fn only_call_of(ast: &AST, message: &str) -> Option<Position> {
+    let named = |module: &str, name: &str| {
+        let full = if module.is_empty() {
+            format!("{name}:")
+        } else {
+            format!("{module}::{name}")
+        };
+        if module.is_empty() {
+            message.starts_with(&full)
+        } else {
+            message.starts_with(&format!("{full}:")) || message.contains(&format!("{full} "))
+        }
+    };
+    let mut found = Vec::new();
+    ast.walk(&mut |path| {
+        let call = match path.last() {
+            Some(rhai::ASTNode::Expr(rhai::Expr::FnCall(call, pos)))
+            | Some(rhai::ASTNode::Stmt(rhai::Stmt::FnCall(call, pos))) => Some((call, pos)),
+            _ => None,
+        };
+        if let Some((call, pos)) = call {
+            let module = if call.namespace.path.is_empty() {
+                ""
+            } else {
+                call.namespace.root()
+            };
+            if named(module, call.name.as_str()) {
+                found.push(*pos);
+            }
+        }
+        true
+    });
+    match found.as_slice() {
+        [one] => Some(*one),
+        _ => None,
+    }
 }

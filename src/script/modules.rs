@@ -34,7 +34,17 @@ pub const MODULES: &[(&str, &[&str])] = &[
     ),
     ("log", &["info", "warn", "error"]),
     ("json", &["parse", "to_string"]),
-    ("text", &["normalize_email", "trim"]),
+    (
+        "text",
+        &[
+            "normalize_email",
+            "trim",
+            "normalize_phone",
+            "split_name",
+            "title_case",
+        ],
+    ),
+    ("time", &["now", "parse", "format", "days_between"]),
 ];
 
 /// Calls to module functions that do not exist, with their positions: caught at load
@@ -46,10 +56,19 @@ pub fn unknown_calls(ast: &AST) -> Vec<(Position, String, Option<String>)> {
             problems.push((
                 *pos,
                 "`import` is not available in rule scripts".to_owned(),
-                Some("scripts use the built-in modules clients, log, json and text".to_owned()),
+                Some(
+                    "scripts use the built-in modules clients, log, json, text and time".to_owned(),
+                ),
             ));
         }
-        if let Some(rhai::ASTNode::Expr(rhai::Expr::FnCall(call, pos))) = path.last() {
+        // A call is an expression (`let c = clients::get(1)`) or, on its own, a
+        // statement (`clients::tag(c, "x");`).
+        let call = match path.last() {
+            Some(rhai::ASTNode::Expr(rhai::Expr::FnCall(call, pos)))
+            | Some(rhai::ASTNode::Stmt(rhai::Stmt::FnCall(call, pos))) => Some((call, pos)),
+            _ => None,
+        };
+        if let Some((call, pos)) = call {
             if call.namespace.path.is_empty() {
                 if call.name == "eval" {
                     problems.push((
@@ -98,6 +117,7 @@ pub fn unknown_calls(ast: &AST) -> Vec<(Position, String, Option<String>)> {
 pub fn register_pure(engine: &mut Engine) {
     engine.register_static_module("json", json_module().into());
     engine.register_static_module("text", text_module().into());
+    engine.register_static_module("time", super::helpers::time_module().into());
 }
 
 /// Registers every module on a run's engine.
@@ -108,6 +128,7 @@ pub fn register(engine: &mut Engine, session: Arc<Session>, logs: Arc<Mutex<Vec<
     engine.register_static_module("log", log_module(logs).into());
     engine.register_static_module("json", json_module().into());
     engine.register_static_module("text", text_module().into());
+    engine.register_static_module("time", super::helpers::time_module().into());
 
     engine.register_fn("skip", |reason: &str| -> Result<()> {
         Err(stop_error(&Stop::Skip(reason.to_owned())))
@@ -120,8 +141,11 @@ pub fn register(engine: &mut Engine, session: Arc<Session>, logs: Arc<Mutex<Vec<
     });
 }
 
-fn set<A: 'static, const N: usize, const X: bool, R, F>(module: &mut Module, name: &str, f: F)
-where
+pub(crate) fn set<A: 'static, const N: usize, const X: bool, R, F>(
+    module: &mut Module,
+    name: &str,
+    f: F,
+) where
     R: rhai::Variant + Clone,
     F: rhai::RhaiNativeFunc<A, N, X, R, true> + Send + Sync + 'static,
 {
@@ -557,5 +581,6 @@ fn text_module() -> Module {
         }
         Ok(text::trim(&value.to_string()).into())
     });
+    super::helpers::add_text_functions(&mut m);
     m
 }
