@@ -94,6 +94,18 @@ pub fn open_data(settings: &Settings) -> anyhow::Result<(Arc<SqliteStore>, Arc<d
 
 /// Runs the service until SIGINT or SIGTERM.
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+    // A token set to nothing is a mistake (an unset secret in a deployment), and taken
+    // as given it would lock every caller out.
+    if settings
+        .admin_token
+        .as_deref()
+        .is_some_and(|t| t.trim().is_empty())
+    {
+        anyhow::bail!(
+            "the admin token is set but empty: give CLIENTRULES_ADMIN_TOKEN a value, or unset \
+             it to let only loopback callers use the admin API"
+        );
+    }
     std::fs::create_dir_all(&settings.data)
         .with_context(|| format!("cannot create the data folder {}", settings.data.display()))?;
     // One service a data folder: SQLite is a single-node store.

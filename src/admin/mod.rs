@@ -3,10 +3,9 @@
 
 pub mod metrics;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -60,11 +59,14 @@ async fn guard(State(app): State<Arc<AppState>>, request: Request, next: Next) -
             }
         }
         None => {
-            let peer = request
-                .extensions()
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0.ip());
-            if !peer.is_some_and(|ip| ip.is_loopback()) {
+            // Behind a proxy on this host the peer is always loopback: the sender the
+            // proxy names is the one that counts.
+            let sender = crate::triggers::webhook::sender_address(
+                request.extensions(),
+                request.headers(),
+                &app.trusted_proxies,
+            );
+            if !sender.is_loopback() {
                 return error_response(
                     StatusCode::FORBIDDEN,
                     "the admin API answers only on loopback unless an admin token is set",

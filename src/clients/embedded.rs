@@ -31,8 +31,8 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use super::image::Image;
 use super::{
-    ApiError, Backend, Client, ListQuery, MAX_PAGE_SIZE, Page, READ_ONLY, SortKey,
-    refuse_email_change,
+    ApiError, Backend, Client, ListQuery, MAX_ATTRIBUTE_DEPTH, MAX_PAGE_SIZE, MAX_TAGS, Page,
+    READ_ONLY, SortKey, json_depth, refuse_email_change,
 };
 use crate::text;
 
@@ -574,6 +574,12 @@ fn clean(
             } else {
                 value.clone()
             }
+        } else if json_depth(value) > MAX_ATTRIBUTE_DEPTH {
+            return Err(ApiError::unprocessable(
+                op,
+                name,
+                format!("{name} nests more than {MAX_ATTRIBUTE_DEPTH} levels deep"),
+            ));
         } else {
             value.clone()
         };
@@ -589,11 +595,19 @@ fn clean_tags(op: &'static str, value: &Value) -> Result<Vec<Value>, ApiError> {
     let Value::Array(items) = value else {
         return Err(refuse());
     };
-    let mut tags: Vec<String> = Vec::with_capacity(items.len());
+    let mut tags: Vec<String> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for item in items {
         let tag = text::normalize_label(item.as_str().ok_or_else(refuse)?);
-        if !tag.is_empty() && !tags.contains(&tag) {
+        if !tag.is_empty() && seen.insert(tag.clone()) {
             tags.push(tag);
+        }
+        if tags.len() > MAX_TAGS {
+            return Err(ApiError::unprocessable(
+                op,
+                "tags",
+                format!("a client may have at most {MAX_TAGS} tags"),
+            ));
         }
     }
     Ok(tags.into_iter().map(Value::String).collect())

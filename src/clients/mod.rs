@@ -188,6 +188,29 @@ impl ApiError {
     }
 }
 
+/// The most tags one client may carry: more is a script's mistake, not a client.
+pub const MAX_TAGS: usize = 1_000;
+
+/// The deepest an attribute's value may nest (a list in a map in a list ...). Stored
+/// attributes are read back with a JSON parser that stops at 128 levels.
+pub const MAX_ATTRIBUTE_DEPTH: usize = 32;
+
+/// How deeply a JSON value nests: 0 for a scalar, 1 for a flat list or map. Iterative,
+/// so that no value is too deep to measure.
+pub fn json_depth(value: &Value) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(value, 0usize)];
+    while let Some((value, depth)) = stack.pop() {
+        deepest = deepest.max(depth);
+        match value {
+            Value::Array(items) => stack.extend(items.iter().map(|v| (v, depth + 1))),
+            Value::Object(map) => stack.extend(map.values().map(|v| (v, depth + 1))),
+            _ => {}
+        }
+    }
+    deepest
+}
+
 /// Refuses a write that would change a client's email, which the API never allows:
 /// before anything is sent, with the attribute named as the API would name it.
 pub fn refuse_email_change(

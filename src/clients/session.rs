@@ -338,6 +338,8 @@ pub trait WriteJournal: Send + Sync {
 
 #[derive(Debug, Default)]
 struct State {
+    /// When the run's time is up: no request starts after it.
+    deadline: Option<Instant>,
     /// Writes attempted so far, numbering journal entries.
     sequence: u32,
     /// Set once this run wrote something other than what the journal recorded: from
@@ -484,6 +486,12 @@ impl Session {
         Ok(client)
     }
 
+    /// Sets the instant after which no request is sent: the run's timeout counts the
+    /// time spent waiting for the API, not only the script's own operations.
+    pub fn set_deadline(&self, deadline: Instant) {
+        self.state().deadline = Some(deadline);
+    }
+
     pub fn mode(&self) -> Mode {
         self.mode
     }
@@ -526,6 +534,14 @@ impl Session {
     ) -> Result<T, SessionError> {
         {
             let state = self.state();
+            if state.deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(SessionError::Limit {
+                    limit: "timeout",
+                    message: format!(
+                        "the run's time was up before clients::{call} could send its request"
+                    ),
+                });
+            }
             if state.calls.len() as u64 >= u64::from(self.max_api_calls) {
                 return Err(SessionError::Limit {
                     limit: "max_api_calls",
@@ -991,14 +1007,29 @@ impl Session {
             .collect();
         let current = self.current(call, id)?;
         let mut next = current.tags();
+        // Sets, not scans: a long list costs linear time, never quadratic.
+        let mut have: std::collections::HashSet<String> =
+            next.iter().map(|t| text::normalize_label(t)).collect();
         if add {
-            for tag in &wanted {
-                if !next.iter().any(|t| &text::normalize_label(t) == tag) {
-                    next.push(tag.clone());
+            for tag in wanted {
+                if have.insert(tag.clone()) {
+                    next.push(tag);
                 }
             }
+            if next.len() > super::MAX_TAGS {
+                return Err(SessionError::invalid(
+                    call,
+                    format!(
+                        "client {id} would have {} tags; a client may have at most {}",
+                        next.len(),
+                        super::MAX_TAGS
+                    ),
+                ));
+            }
         } else {
-            next.retain(|t| !wanted.contains(&text::normalize_label(t)));
+            let unwanted: std::collections::HashSet<String> = wanted.into_iter().collect();
+            next.retain(|t| !unwanted.contains(&text::normalize_label(t)));
+            have.clear();
         }
         if next == current.tags() {
             return Ok(current);
@@ -1092,12 +1123,19 @@ fn clean_fields(
                 }
             };
             let mut tags: Vec<String> = Vec::new();
+            let mut seen = std::collections::HashSet::new();
             for item in list {
                 match item {
                     Value::String(s) => {
                         let tag = text::normalize_label(&s);
-                        if !tag.is_empty() && !tags.contains(&tag) {
+                        if !tag.is_empty() && seen.insert(tag.clone()) {
                             tags.push(tag);
+                        }
+                        if tags.len() > super::MAX_TAGS {
+                            return Err(SessionError::invalid(
+                                call,
+                                format!("`tags` may hold at most {} tags", super::MAX_TAGS),
+                            ));
                         }
                     }
                     other => {
@@ -1121,6 +1159,14 @@ fn clean_fields(
                     ));
                 }
             }
+        } else if super::json_depth(&value) > super::MAX_ATTRIBUTE_DEPTH {
+            return Err(SessionError::invalid(
+                call,
+                format!(
+                    "`{key}` nests more than {} levels deep",
+                    super::MAX_ATTRIBUTE_DEPTH
+                ),
+            ));
         } else {
             value
         };

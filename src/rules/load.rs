@@ -76,22 +76,37 @@ pub fn is_rule_file(path: &Path) -> bool {
 
 /// Loads one rule file: the rule when it has no error, and every problem found.
 pub fn load_file(path: &Path, env: EnvLookup<'_>) -> (Option<Loaded>, Vec<Diagnostic>) {
-    let bytes = match std::fs::read(path) {
+    let mut bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
         Err(e) => {
             let d = Diagnostic::error(path, 1, 1, format!("cannot read the rule file: {e}"));
             return (None, vec![d]);
         }
     };
+    // Some Windows editors start UTF-8 files with a byte-order mark: it is no text.
+    if bytes.starts_with(b"\xEF\xBB\xBF") {
+        bytes.drain(..3);
+    }
     let text = match String::from_utf8(bytes) {
         Ok(text) => text,
         Err(e) => {
+            // The position of the bad byte, as a line and column a person can go to.
             let at = e.utf8_error().valid_up_to();
+            let before = &e.as_bytes()[..at];
+            let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+            let line_start = before
+                .iter()
+                .rposition(|b| *b == b'\n')
+                .map_or(0, |i| i + 1);
+            let column = String::from_utf8_lossy(&before[line_start..])
+                .chars()
+                .count()
+                + 1;
             let d = Diagnostic::error(
                 path,
-                1,
-                1,
-                format!("the file is not UTF-8 text (invalid byte at offset {at})"),
+                line,
+                column,
+                "the file is not UTF-8 text: save it as UTF-8".to_owned(),
             );
             return (None, vec![d]);
         }

@@ -216,9 +216,53 @@ pub(crate) enum Stop {
     Cancelled,
 }
 
-/// Runs a rule's `when` guard and script on an event. Blocking: call it from a worker
-/// thread, never from the async runtime.
+/// The stack of the thread a script runs on. Values a script builds can nest deeply
+/// (`a = [a]` in a loop, up to the array size limit), and dropping, measuring or
+/// serializing them recurses once a level: far past the 2 MiB of an ordinary thread.
+/// The stack is reserved, not committed: only the pages a run touches cost memory.
+const SCRIPT_STACK: usize = 512 * 1024 * 1024;
+
+/// Runs a rule's `when` guard and script on an event, on a thread of its own with a
+/// stack deep enough for any value the limits allow; a panic in the engine becomes a
+/// failed run. Blocking: call it from a worker thread, never from the async runtime.
 pub fn run(
+    rule: &Rule,
+    event: &Value,
+    session: Arc<Session>,
+    cancel: Option<Arc<AtomicBool>>,
+) -> Outcome {
+    let started = Instant::now();
+    let ran = std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name(format!("script-{}", rule.name))
+            .stack_size(SCRIPT_STACK)
+            .spawn_scoped(scope, || run_here(rule, event, session, cancel))
+            .map(|thread| thread.join())
+    });
+    let failure = match ran {
+        Ok(Ok(outcome)) => return outcome,
+        Ok(Err(_)) => {
+            "the script engine failed on this run (a bug of clientrules, not of the rule)"
+        }
+        Err(_) => "no thread could be started for the script; the job will be tried again",
+    };
+    Outcome {
+        status: RunStatus::Failed,
+        reason: None,
+        error: Some(RunError {
+            message: failure.to_owned(),
+            limit: None,
+            file: Some(rule.file.clone()),
+            line: None,
+            column: None,
+        }),
+        retryable: true,
+        logs: Vec::new(),
+        duration: started.elapsed(),
+    }
+}
+
+fn run_here(
     rule: &Rule,
     event: &Value,
     session: Arc<Session>,
@@ -231,6 +275,7 @@ pub fn run(
         deadline: started + rule.limits.timeout,
         cancel,
     };
+    session.set_deadline(sandbox.deadline);
     let engine = engine::build(&sandbox, session.clone(), logs.clone());
 
     let mut scope = Scope::new();

@@ -283,6 +283,9 @@ pub trait Store: Send + Sync {
     /// Puts jobs left running by a previous process back in the queue.
     fn requeue_running(&self) -> Result<u64>;
 
+    /// Extends the lease of a running job to `lease` from now: its worker is alive.
+    fn renew_lease(&self, job_id: i64, lease: Duration) -> Result<()>;
+
     fn runs(&self, filter: &RunFilter) -> Result<Vec<StoredRun>>;
 
     fn run(&self, id: &str) -> Result<Option<StoredRun>>;

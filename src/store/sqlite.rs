@@ -266,6 +266,13 @@ impl Store for SqliteStore {
         let now = millis(Utc::now());
         let until = now.saturating_add(lease.as_millis().min(i64::MAX as u128) as i64);
         let conn = self.conn();
+        // A job whose lease ran out on its last attempt (its worker died with it) is a
+        // dead letter, not a job to run once more.
+        conn.execute(
+            "UPDATE jobs SET state = 'dead', lease_until = NULL, updated_at = ?1
+             WHERE state = 'running' AND lease_until < ?1 AND attempts >= max_attempts",
+            [now],
+        )?;
         let job = conn
             .query_row(
                 "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_until = ?2,
@@ -348,12 +355,29 @@ impl Store for SqliteStore {
     fn requeue_running(&self) -> Result<u64> {
         let now = millis(Utc::now());
         let conn = self.conn();
+        // A job that was on its last attempt when the process died does not get another:
+        // a job that kills the process each time it runs must not do so forever.
+        conn.execute(
+            "UPDATE jobs SET state = 'dead', lease_until = NULL, updated_at = ?1
+             WHERE state = 'running' AND attempts >= max_attempts",
+            [now],
+        )?;
         let n = conn.execute(
             "UPDATE jobs SET state = 'pending', lease_until = NULL, run_at = ?1, updated_at = ?1
              WHERE state = 'running'",
             [now],
         )?;
         Ok(n as u64)
+    }
+
+    fn renew_lease(&self, job_id: i64, lease: Duration) -> Result<()> {
+        let now = millis(Utc::now());
+        let until = now.saturating_add(lease.as_millis().min(i64::MAX as u128) as i64);
+        self.conn().execute(
+            "UPDATE jobs SET lease_until = ?1 WHERE id = ?2 AND state = 'running'",
+            params![until, job_id],
+        )?;
+        Ok(())
     }
 
     fn runs(&self, filter: &RunFilter) -> Result<Vec<StoredRun>> {
@@ -453,22 +477,12 @@ impl Store for SqliteStore {
             let rows = stmt.query_map(params![event_id, rule], |r| Ok((r.get(0)?, r.get(1)?)))?;
             rows.collect::<std::result::Result<Vec<_>, _>>()?
         };
-        let mut targets: Vec<(Option<i64>, String)> = previous
+        let targets: Vec<(Option<i64>, String)> = previous
             .into_iter()
             .map(|(id, rule)| (Some(id), rule))
             .collect();
-        if targets.is_empty()
-            && let Some(rule) = rule
-        {
-            let exists: Option<i64> = tx
-                .query_row("SELECT 1 FROM events WHERE id = ?1", [event_id], |r| {
-                    r.get(0)
-                })
-                .optional()?;
-            if exists.is_some() {
-                targets.push((None, rule.to_owned()));
-            }
-        }
+        // Only a rule that took the event may run it again: another rule's checks (its
+        // signature, its allowed senders) never passed on it.
         let mut ids = Vec::new();
         for (replay_of, rule) in targets {
             tx.execute(

@@ -167,7 +167,7 @@ fn decode(encoding: SignatureEncoding, text: &str) -> Result<Vec<u8>, Rejection>
 fn fresh(text: &str, now: i64, tolerance: Duration) -> Result<(), Rejection> {
     let value: i64 = text.trim().parse().map_err(|_| Rejection::BadTimestamp)?;
     // Milliseconds since 1970 pass 10^11 in 1973; seconds will not until the year 5138.
-    let seconds = if value.abs() > 100_000_000_000 {
+    let seconds = if value.unsigned_abs() > 100_000_000_000 {
         value / 1000
     } else {
         value

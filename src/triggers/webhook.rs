@@ -21,6 +21,9 @@ use crate::store::{DedupeKey, Inserted, NewEvent, NewFile, NewJob};
 use crate::worker::current_rules;
 
 /// A JSON error answer: `{"error": "..."}`.
+/// The deepest a decoded body may nest (JSON, or form keys such as `a[b][c]`).
+pub const MAX_BODY_DEPTH: usize = 64;
+
 pub fn error_response(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
 }
@@ -53,31 +56,51 @@ pub fn query_map(query: Option<&str>) -> Map<String, Value> {
     }
 }
 
-/// The sender's address: the peer, or for a peer that is a trusted proxy, the last
-/// address in `X-Forwarded-For` that is not one.
-fn peer_address(parts: &axum::http::request::Parts, trusted: &[ipnet::IpNet]) -> IpAddr {
-    let peer = parts
-        .extensions
+/// The sender's address: the peer, or for a peer that is a trusted proxy, the nearest
+/// address in `X-Forwarded-For` that is not one. An entry that is not an address (with
+/// or without a port) ends the walk as an unknown sender, which no allow list admits:
+/// whatever stands to the left of it was written by someone no proxy vouches for.
+/// IPv4 senders seen through an IPv6 socket are compared as IPv4.
+pub fn sender_address(
+    extensions: &axum::http::Extensions,
+    headers: &axum::http::HeaderMap,
+    trusted: &[ipnet::IpNet],
+) -> IpAddr {
+    const UNKNOWN: IpAddr = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
+    let peer = extensions
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip())
-        .unwrap_or(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
-    if !trusted.iter().any(|net| net.contains(&peer)) {
+        .map(|c| c.0.ip().to_canonical())
+        .unwrap_or(UNKNOWN);
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
         return peer;
     }
-    let forwarded: Vec<IpAddr> = parts
-        .headers
+    let entries: Vec<&str> = headers
         .get_all("x-forwarded-for")
         .iter()
-        .filter_map(|v| v.to_str().ok())
+        .map(|v| v.to_str().unwrap_or(""))
         .flat_map(|v| v.split(','))
-        .filter_map(|a| a.trim().parse().ok())
         .collect();
-    forwarded
-        .iter()
-        .rev()
-        .find(|ip| !trusted.iter().any(|net| net.contains(*ip)))
-        .copied()
-        .unwrap_or(peer)
+    let mut sender = peer;
+    for entry in entries.iter().rev() {
+        let Some(ip) = parse_hop(entry.trim()) else {
+            return UNKNOWN;
+        };
+        sender = ip;
+        if !is_trusted(&ip) {
+            break;
+        }
+    }
+    sender
+}
+
+/// One `X-Forwarded-For` entry: an address, or an address with a port.
+fn parse_hop(entry: &str) -> Option<IpAddr> {
+    entry
+        .parse::<IpAddr>()
+        .or_else(|_| entry.parse::<SocketAddr>().map(|s| s.ip()))
+        .ok()
+        .map(|ip| ip.to_canonical())
 }
 
 /// Every request that no other route takes: a rule's webhook, or 404.
@@ -133,7 +156,7 @@ pub async fn handle(State(app): State<Arc<AppState>>, request: Request) -> Respo
     };
 
     if let Some(verification) = &hook.verify {
-        let peer = peer_address(&parts, &app.trusted_proxies);
+        let peer = sender_address(&parts.extensions, &parts.headers, &app.trusted_proxies);
         let delivery = verify::Delivery {
             headers: &parts.headers,
             query: parts.uri.query(),
@@ -164,6 +187,17 @@ pub async fn handle(State(app): State<Arc<AppState>>, request: Request) -> Respo
                 return error_response(status, e.to_string());
             }
         };
+    // Events are stored as JSON and read back by a parser that stops at 128 levels.
+    let depth = crate::clients::json_depth(&decoded.body);
+    if depth > MAX_BODY_DEPTH {
+        trace!(rule = %rule.name, depth, "body nested too deeply");
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "expected a body nested at most {MAX_BODY_DEPTH} levels deep, found {depth} levels"
+            ),
+        );
+    }
 
     let mut files = Vec::new();
     let mut metas = Vec::new();

@@ -14,7 +14,7 @@ use crate::clients::Backend;
 use crate::clients::session::{Mode, Session, WriteJournal};
 use crate::rules::{Rule, RuleSet};
 use crate::script::{self, Outcome, RunStatus};
-use crate::store::{Job, JobNext, JournalEntry, Store, StoredRun};
+use crate::store::{Job, JobNext, JournalEntry, Store, StoreError, StoredRun};
 
 /// The rules in force, swapped whole when they are reloaded.
 pub type SharedRules = Arc<RwLock<Arc<RuleSet>>>;
@@ -119,6 +119,37 @@ fn worker_loop(ctx: &Context) {
     }
 }
 
+/// How long a claim lasts without renewal: a worker that dies lets its job go after this.
+const LEASE: Duration = Duration::from_secs(60);
+
+/// How often a running job's lease is renewed.
+const RENEW_EVERY: Duration = Duration::from_secs(15);
+
+/// Runs `f` while a helper thread renews the job's lease, so that a run that takes long
+/// (a slow or rate-limited API) is never taken for abandoned and run a second time.
+fn holding_lease<T>(ctx: &Context, job: &Job, f: impl FnOnce() -> T) -> T {
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    std::thread::scope(|scope| {
+        let renewer = std::thread::Builder::new()
+            .name("lease".into())
+            .spawn_scoped(scope, move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    finished.recv_timeout(RENEW_EVERY)
+                {
+                    if let Err(e) = ctx.store.renew_lease(job.id, LEASE) {
+                        warn!(error = %e, "cannot renew the lease of a running job");
+                    }
+                }
+            });
+        if let Err(e) = &renewer {
+            warn!(error = %e, "cannot start the lease renewer; the job keeps its first lease");
+        }
+        let out = f();
+        drop(done);
+        out
+    })
+}
+
 fn max_timeout(ctx: &Context) -> Duration {
     current_rules(&ctx.rules)
         .rules()
@@ -145,6 +176,24 @@ pub fn execute(ctx: &Context, job: Job) {
         Ok(Some(event)) => event,
         Ok(None) => {
             let record = failure_record(&job, "the event of this job is missing from the store");
+            finish(
+                ctx,
+                &job,
+                &run_id,
+                started_at,
+                RunStatus::Failed,
+                record,
+                JobNext::Dead,
+            );
+            return;
+        }
+        Err(StoreError::Corrupt(detail)) => {
+            // Reading again will not help: the job ends as a dead letter that says why.
+            error!(error = %detail, "the event of this job cannot be read; the job is a dead letter");
+            let record = failure_record(
+                &job,
+                &format!("the event of this job cannot be read back from the store: {detail}"),
+            );
             finish(
                 ctx,
                 &job,
@@ -203,12 +252,14 @@ pub fn execute(ctx: &Context, job: Job) {
     if job.replay_of.is_some() {
         event.source = crate::event::Source::Replay;
     }
-    let outcome = script::run(
-        &rule,
-        &event.to_script_value(),
-        session.clone(),
-        Some(ctx.cancel.clone()),
-    );
+    let outcome = holding_lease(ctx, &job, || {
+        script::run(
+            &rule,
+            &event.to_script_value(),
+            session.clone(),
+            Some(ctx.cancel.clone()),
+        )
+    });
     let next = next_step(&rule, &job, &outcome);
     let record = run_record(&job, &run_id, started_at, &outcome, &session, next);
     match outcome.status {

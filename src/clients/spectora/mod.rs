@@ -200,6 +200,17 @@ impl SpectoraClient {
         format!("/v2/contacts/{}", document::encode(id))
     }
 
+    /// Whether an id can name a contact: `.` and `..` would name another route once
+    /// the path is normalized on the way, so they name no client.
+    fn addressable(id: &str) -> bool {
+        let id = id.trim();
+        !id.is_empty() && id != "." && id != ".."
+    }
+
+    fn no_such_client(operation: &'static str, id: &str) -> ApiError {
+        ApiError::invalid(operation, 404, format!("no client with id {id:?}"))
+    }
+
     /// Sends a create once; `Ok(Err(reason))` when its outcome is unknown.
     fn post(&self, body: &Value) -> Result<Result<Client, String>, ApiError> {
         const OP: &str = "create";
@@ -313,7 +324,7 @@ impl Backend for SpectoraClient {
 
     fn get(&self, id: &str) -> Result<Option<Client>, ApiError> {
         const OP: &str = "get";
-        if id.trim().is_empty() {
+        if !Self::addressable(id) {
             return Ok(None);
         }
         let request = Request {
@@ -339,6 +350,9 @@ impl Backend for SpectoraClient {
     fn update(&self, id: &str, attributes: &Map<String, Value>) -> Result<Client, ApiError> {
         const OP: &str = "update";
         refuse_email_change(OP, attributes)?;
+        if !Self::addressable(id) {
+            return Err(Self::no_such_client(OP, id));
+        }
         let request = Request {
             method: Method::PATCH,
             path: Self::contact_path(id),
@@ -356,6 +370,9 @@ impl Backend for SpectoraClient {
     ) -> Result<Client, ApiError> {
         const OP: &str = "set_image";
         refuse_email_change(OP, attributes)?;
+        if !Self::addressable(id) {
+            return Err(Self::no_such_client(OP, id));
+        }
         let request = Request {
             method: Method::PATCH,
             path: Self::contact_path(id),
