@@ -32,6 +32,10 @@ pub struct AppState {
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub metrics: Arc<crate::admin::metrics::Metrics>,
+    /// How long a webhook body may take to arrive.
+    pub body_timeout: Duration,
+    /// Permits to receive a webhook body: at most this many are read at once.
+    pub readers: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -176,10 +180,14 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         rules: shared,
         wake,
         body_limit: settings.body_limit,
+        body_timeout: settings.body_timeout,
         decode_limits: DecodeLimits::default(),
         admin_token: settings.admin_token.clone(),
         trusted_proxies: settings.trusted_proxies.clone(),
         metrics,
+        readers: Arc::new(tokio::sync::Semaphore::new(
+            crate::triggers::webhook::MAX_READERS,
+        )),
     });
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await

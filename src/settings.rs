@@ -29,6 +29,10 @@ pub struct Settings {
     #[arg(long, env = "CLIENTRULES_BODY_LIMIT", default_value = "1MiB", value_parser = parse_size)]
     pub body_limit: usize,
 
+    /// How long a sender has to send a whole webhook body once its headers are in.
+    #[arg(long, env = "CLIENTRULES_BODY_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub body_timeout: std::time::Duration,
+
     /// Bearer token of the admin API; without one it answers only on loopback.
     #[arg(long, env = "CLIENTRULES_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,

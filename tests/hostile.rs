@@ -237,3 +237,30 @@ fn an_empty_admin_token_stops_the_service_with_the_reason() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("admin token is set but empty"), "{stderr}");
 }
+
+#[tokio::test]
+async fn a_body_that_trickles_in_is_cut_off_with_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rules = rules_dir(&[("guarded.yaml", GUARDED)]);
+    let data = data_dir();
+    let service = Service::start(rules.path(), data.path(), &["--body-timeout", "1s"], &[]);
+    let mut stream = tokio::net::TcpStream::connect(service.addr).await.unwrap();
+    stream
+        .write_all(
+            b"POST /hooks/guarded HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+              Content-Length: 100\r\n\r\n{\"a\":",
+        )
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut answer),
+    )
+    .await;
+    assert!(read.is_ok(), "no answer within 10 s");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}

@@ -21,6 +21,9 @@ use crate::store::{DedupeKey, Inserted, NewEvent, NewFile, NewJob};
 use crate::worker::current_rules;
 
 /// A JSON error answer: `{"error": "..."}`.
+/// Bodies that may be in the middle of being received at once.
+pub const MAX_READERS: usize = 256;
+
 /// The deepest a decoded body may nest (JSON, or form keys such as `a[b][c]`).
 pub const MAX_BODY_DEPTH: usize = 64;
 
@@ -140,7 +143,31 @@ pub async fn handle(State(app): State<Arc<AppState>>, request: Request) -> Respo
     if declared.is_some_and(|n| n > app.body_limit as u64) {
         return too_large();
     }
-    let raw = match axum::body::to_bytes(Body::new(body), app.body_limit).await {
+    // Bodies being read at once are bounded, so that many slow senders cannot hold
+    // memory without limit; a sender told 503 tries again later.
+    let Ok(_reading) = app.readers.clone().try_acquire_owned() else {
+        let mut response = error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many deliveries are being received at once; try again shortly",
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+        return response;
+    };
+    // A body that trickles in is cut off, so that it holds no connection for long.
+    let read = axum::body::to_bytes(Body::new(body), app.body_limit);
+    let Ok(read) = tokio::time::timeout(app.body_timeout, read).await else {
+        trace!(rule = %rule.name, "body not received in time");
+        return error_response(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "expected the whole body within {}",
+                humantime::format_duration(app.body_timeout)
+            ),
+        );
+    };
+    let raw = match read {
         Ok(bytes) => bytes,
         Err(e) => {
             let length_error = std::error::Error::source(&e)
