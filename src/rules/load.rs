@@ -484,6 +484,17 @@ impl Loader {
             Some("a webhook path starts with `/`")
         } else if path.contains(['?', '#']) || path.contains(char::is_whitespace) {
             Some("a webhook path has no query, fragment or white space")
+        } else if !path.is_ascii() || path.contains('%') {
+            Some(
+                "a webhook path is plain ASCII (letters, digits, `-`, `_`, `.`, `/`), since \
+                 senders percent-encode anything else and the path would never match",
+            )
+        } else if path
+            .split('/')
+            .skip(1)
+            .any(|segment| segment.is_empty() || segment == "." || segment == "..")
+        {
+            Some("a webhook path has no empty, `.` or `..` segments")
         } else if path.len() > 200 {
             Some("a webhook path is at most 200 characters")
         } else if RESERVED_PATHS
@@ -1236,6 +1247,18 @@ mod tests {
             "{}",
             d.message
         );
+        for (path, problem) in [
+            ("/hooks/café", "plain ASCII"),
+            ("/hooks/caf%C3%A9", "plain ASCII"),
+            ("/hooks/../api", "`..` segments"),
+            ("/hooks/./x", "`..` segments"),
+            ("/hooks//x", "empty"),
+        ] {
+            let d = only_error(&format!(
+                "name: lead\non:\n  webhook:\n    path: {path}\nscript: \"let x = 1;\"\n"
+            ));
+            assert!(d.message.contains(problem), "{path}: {}", d.message);
+        }
     }
 
     #[test]
