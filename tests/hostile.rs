@@ -264,3 +264,17 @@ async fn a_body_that_trickles_in_is_cut_off_with_408() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
 }
+
+#[tokio::test]
+async fn a_delivery_for_a_rule_that_failed_to_load_is_refused_so_that_it_is_sent_again() {
+    let broken = "name: broken\non:\n  webhook:\n    verify:\n      token:\n        header: X-Token\n        value: ${HOSTILE_TEST_UNSET_SECRET}\nscript: |\n  log::info(\"x\");\n";
+    let rules = rules_dir(&[("broken.yaml", broken), ("guarded.yaml", GUARDED)]);
+    let data = data_dir();
+    let service = Service::start_default(rules.path(), data.path());
+    let response = service.post_json("/hooks/broken", "{}").await;
+    assert_eq!(response.status(), 503, "{}", service.logs());
+    assert!(response.headers().contains_key("retry-after"));
+    // A path no rule ever meant is still unknown.
+    let response = service.post_json("/hooks/nothing-here", "{}").await;
+    assert_eq!(response.status(), 404);
+}

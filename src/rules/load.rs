@@ -31,6 +31,8 @@ pub struct Loaded {
 #[derive(Debug, Default)]
 pub struct LoadReport {
     pub rules: Vec<Loaded>,
+    /// The webhook paths of files that failed to load, as far as they can be told.
+    pub failed_paths: Vec<String>,
     pub diagnostics: Vec<Diagnostic>,
     /// Rule files read, loaded or not.
     pub files: usize,
@@ -58,11 +60,24 @@ pub fn load_dir(dir: &Path, env: EnvLookup<'_>) -> std::io::Result<LoadReport> {
         report.files += 1;
         let (loaded, mut diagnostics) = load_file(&path, env);
         report.diagnostics.append(&mut diagnostics);
-        if let Some(loaded) = loaded {
-            report.rules.push(loaded);
+        match loaded {
+            Some(loaded) => report.rules.push(loaded),
+            None => report.failed_paths.extend(intended_path(&path)),
         }
     }
     Ok(report)
+}
+
+/// The webhook path a rule file that failed to load meant to serve, as far as a lenient
+/// read of it tells: its `on.webhook.path`, or `/hooks/<name>`.
+pub fn intended_path(file: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let doc: serde_yaml::Value = serde_yaml::from_str(text.trim_start_matches('\u{feff}')).ok()?;
+    let webhook = doc.get("on")?.get("webhook")?;
+    match webhook.get("path").and_then(serde_yaml::Value::as_str) {
+        Some(path) => Some(path.to_owned()),
+        None => Some(format!("/hooks/{}", doc.get("name")?.as_str()?)),
+    }
 }
 
 /// Whether a path names a rule file by its extension.

@@ -262,6 +262,9 @@ pub struct RuleSet {
     /// Rule files whose latest version failed to load, with its errors: their last
     /// good version is the one in the set.
     pub stale: std::collections::BTreeMap<PathBuf, Vec<Diagnostic>>,
+    /// Webhook paths of rule files that failed to load and have no good version
+    /// running: deliveries there are refused with a status that makes senders retry.
+    pub broken_paths: std::collections::HashSet<String>,
 }
 
 impl RuleSet {
@@ -270,6 +273,7 @@ impl RuleSet {
     pub fn from_report(report: LoadReport) -> RuleSet {
         let mut set = RuleSet {
             diagnostics: report.diagnostics,
+            broken_paths: report.failed_paths.into_iter().collect(),
             ..RuleSet::default()
         };
         for loaded in report.rules {

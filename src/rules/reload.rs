@@ -103,6 +103,8 @@ impl Reloader {
                         .collect();
                     if state.good.is_some() {
                         stale.insert(path.clone(), state.errors.clone());
+                    } else {
+                        report.failed_paths.extend(load::intended_path(&path));
                     }
                 }
             }

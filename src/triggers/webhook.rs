@@ -111,6 +111,19 @@ pub async fn handle(State(app): State<Arc<AppState>>, request: Request) -> Respo
     let path = request.uri().path().to_owned();
     let rules = current_rules(&app.rules);
     let Some(rule) = rules.by_path(&path).cloned() else {
+        if rules.broken_paths.contains(&path) {
+            // The rule is there but broken: a sender retries a 503, and the delivery
+            // is taken once the file is fixed.
+            warn!(path = %path, "a delivery came for a rule that failed to load; answering 503");
+            let mut response = error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the rule for {path} failed to load; try again later"),
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("60"));
+            return response;
+        }
         trace!(path = %path, "no rule for this path");
         return error_response(StatusCode::NOT_FOUND, format!("no rule listens on {path}"));
     };
