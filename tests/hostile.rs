@@ -278,3 +278,32 @@ async fn a_delivery_for_a_rule_that_failed_to_load_is_refused_so_that_it_is_sent
     let response = service.post_json("/hooks/nothing-here", "{}").await;
     assert_eq!(response.status(), 404);
 }
+
+#[tokio::test]
+async fn reading_a_rule_file_does_not_reload_the_rules() {
+    let rules = rules_dir(&[("guarded.yaml", GUARDED)]);
+    let data = data_dir();
+    let service = Service::start_default(rules.path(), data.path());
+    for _ in 0..3 {
+        let _ = std::fs::read_to_string(rules.path().join("guarded.yaml")).unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    let reloads = service.logs().matches("reloading").count();
+    assert_eq!(reloads, 0, "{}", service.logs());
+
+    // A real edit still reloads.
+    let edited = GUARDED.replace("log::info(\"in\");", "log::info(\"edited\");");
+    std::fs::write(rules.path().join("guarded.yaml"), edited).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !service.logs().contains("rule files changed; reloading") {
+        assert!(std::time::Instant::now() < deadline, "{}", service.logs());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let reloads = service
+        .logs()
+        .matches("rule files changed; reloading")
+        .count();
+    assert_eq!(reloads, 1, "{}", service.logs());
+}

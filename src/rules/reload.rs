@@ -40,6 +40,23 @@ pub struct Reloader {
     dir: PathBuf,
     env: fn(&str) -> Option<String>,
     files: Mutex<BTreeMap<PathBuf, FileState>>,
+    /// What the folder held at the last load: a watcher also reports files being
+    /// opened and read (by an editor, by `validate`, by the load itself), and those
+    /// change nothing.
+    last_seen: Mutex<Option<Vec<(PathBuf, u64)>>>,
+}
+
+/// The rule files of a folder with a digest of each one's bytes.
+fn folder_digest(dir: &Path) -> std::io::Result<Vec<(PathBuf, u64)>> {
+    use std::hash::{Hash, Hasher};
+    let mut digest = Vec::new();
+    for path in rule_files(dir)? {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        // An unreadable file is a change too: the load reports why.
+        std::fs::read(&path).ok().hash(&mut hasher);
+        digest.push((path, hasher.finish()));
+    }
+    Ok(digest)
 }
 
 /// A request to the reload thread.
@@ -58,13 +75,24 @@ impl Reloader {
             dir: dir.to_owned(),
             env,
             files: Mutex::new(BTreeMap::new()),
+            last_seen: Mutex::new(None),
         }
+    }
+
+    /// Whether the folder's rule files differ from what the last load read.
+    fn changed(&self) -> bool {
+        let now = folder_digest(&self.dir).ok();
+        let last = self.last_seen.lock().unwrap_or_else(|p| p.into_inner());
+        now.is_none() || *last != now
     }
 
     /// Loads every rule file of the folder: the rule set to serve, built from each
     /// file's new version when it loads and its last good version when it does not.
     /// Problems not logged before are logged.
     pub fn load(&self) -> std::io::Result<RuleSet> {
+        if let Ok(digest) = folder_digest(&self.dir) {
+            *self.last_seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(digest);
+        }
         let paths = rule_files(&self.dir)?;
         let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
 
@@ -179,6 +207,7 @@ fn reload_loop(reloader: &Reloader, shared: &SharedRules, rx: &Receiver<Request>
         // Requests that piled up while loading are served by one more load.
         while rx.try_recv().is_ok() {}
         match request {
+            Request::Changed if !reloader.changed() => continue,
             Request::Changed => info!("rule files changed; reloading"),
             Request::Reload => info!("reload requested; reloading the rules"),
         }
