@@ -17,7 +17,8 @@ PORT=${PORT:-8190}
 KEY=bench-key
 
 cargo build --release --quiet --bin clientrules
-BIN=target/release/clientrules
+TARGET=${CARGO_TARGET_DIR:-target}
+BIN=$TARGET/release/clientrules
 WORK=$(mktemp -d)
 SIM=
 cleanup() {

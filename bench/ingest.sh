@@ -16,8 +16,9 @@ CONNECTIONS=${CONNECTIONS:-64}
 command -v oha >/dev/null || { echo "oha is needed: cargo install oha" >&2; exit 1; }
 
 cargo build --release --quiet --bin clientrules --example bare-webhook
-BIN=target/release/clientrules
-BARE=target/release/examples/bare-webhook
+TARGET=${CARGO_TARGET_DIR:-target}
+BIN=$TARGET/release/clientrules
+BARE=$TARGET/release/examples/bare-webhook
 
 WORK=$(mktemp -d)
 PIDS=()
@@ -56,10 +57,10 @@ load() {
     oha --no-tui -z "${SECONDS_}s" -q "$RATE" -c "$CONNECTIONS" --latency-correction \
         -m POST -H 'content-type: application/json' -d "$BODY" \
         "http://127.0.0.1:$port/hooks/sink" >"$WORK/$name.txt"
-    grep -E 'Success rate|Requests/sec|(50|90|99|99\.9)0%|\[[0-9]{3}\] [0-9]+ responses|^  \[' "$WORK/$name.txt" | sed 's/^/  /'
+    grep -E 'Success rate|Requests/sec|(50|90|99|99\.90)\.?0*% in|\[[0-9]{3}\] [0-9]+ responses|^  \[' "$WORK/$name.txt" | sed 's/^/  /'
 }
 
-"$BARE" 127.0.0.1:8181 2>/dev/null &
+"$BARE" 127.0.0.1:8181 2>"$WORK/bare.log" &
 PIDS+=($!)
 wait_port 8181
 load bare 8181

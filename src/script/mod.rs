@@ -232,13 +232,21 @@ pub fn run(
     cancel: Option<Arc<AtomicBool>>,
 ) -> Outcome {
     let started = Instant::now();
-    let ran = std::thread::scope(|scope| {
-        std::thread::Builder::new()
-            .name(format!("script-{}", rule.name))
-            .stack_size(SCRIPT_STACK)
-            .spawn_scoped(scope, || run_here(rule, event, session, cancel))
-            .map(|thread| thread.join())
-    });
+    // A thread started by `with_script_stack` has the stack already; any other starts
+    // one for the run.
+    let ran = if DEEP_STACK.with(std::cell::Cell::get) {
+        Ok(std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+            || run_here(rule, event, session, cancel),
+        )))
+    } else {
+        std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .name(format!("script-{}", rule.name))
+                .stack_size(SCRIPT_STACK)
+                .spawn_scoped(scope, || run_here(rule, event, session, cancel))
+                .map(|thread| thread.join())
+        })
+    };
     let failure = match ran {
         Ok(Ok(outcome)) => return outcome,
         Ok(Err(_)) => {
@@ -260,6 +268,27 @@ pub fn run(
         logs: Vec::new(),
         duration: started.elapsed(),
     }
+}
+
+thread_local! {
+    /// Whether this thread was started with [`SCRIPT_STACK`].
+    static DEEP_STACK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// A thread builder for threads that run scripts one after another (the workers): they
+/// get the deep stack once, and runs on them start no thread of their own.
+pub fn with_script_stack<F, T>(
+    builder: std::thread::Builder,
+    f: F,
+) -> std::io::Result<std::thread::JoinHandle<T>>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    builder.stack_size(SCRIPT_STACK).spawn(move || {
+        DEEP_STACK.with(|deep| deep.set(true));
+        f()
+    })
 }
 
 fn run_here(

@@ -79,9 +79,10 @@ impl Pool {
         let mut threads = Vec::new();
         for n in 0..size.max(1) {
             let ctx = context.clone();
-            let handle = std::thread::Builder::new()
-                .name(format!("worker-{n}"))
-                .spawn(move || worker_loop(&ctx))?;
+            let handle = script::with_script_stack(
+                std::thread::Builder::new().name(format!("worker-{n}")),
+                move || worker_loop(&ctx),
+            )?;
             threads.push(handle);
         }
         Ok(Pool { context, threads })
@@ -106,6 +107,45 @@ impl Pool {
 }
 
 fn worker_loop(ctx: &Context) {
+    // One lease keeper for the life of the worker, told which job runs now.
+    let slot: LeaseSlot = Arc::default();
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    std::thread::scope(|scope| {
+        let keeper_slot = slot.clone();
+        let keeper = std::thread::Builder::new()
+            .name("lease".into())
+            .spawn_scoped(scope, move || keep_leases(ctx, &keeper_slot, &stopped));
+        if let Err(e) = &keeper {
+            warn!(error = %e, "cannot start the lease keeper; jobs keep their first lease");
+        }
+        LEASE_SLOT.with(|s| *s.borrow_mut() = Some(slot.clone()));
+        claim_and_run(ctx);
+        LEASE_SLOT.with(|s| *s.borrow_mut() = None);
+        drop(stop);
+    });
+}
+
+/// The job a worker runs now, for its lease keeper.
+type LeaseSlot = Arc<std::sync::Mutex<Option<i64>>>;
+
+thread_local! {
+    /// The lease slot of a worker thread; other threads have none.
+    static LEASE_SLOT: std::cell::RefCell<Option<LeaseSlot>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Renews the lease of the slot's job every [`RENEW_EVERY`] until told to stop.
+fn keep_leases(ctx: &Context, slot: &LeaseSlot, stopped: &std::sync::mpsc::Receiver<()>) {
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(RENEW_EVERY) {
+        let job = *slot.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(job) = job
+            && let Err(e) = ctx.store.renew_lease(job, LEASE)
+        {
+            warn!(error = %e, job, "cannot renew the lease of a running job");
+        }
+    }
+}
+
+fn claim_and_run(ctx: &Context) {
     while !ctx.stopping.load(Ordering::SeqCst) {
         let lease = Duration::from_secs(60) + max_timeout(ctx);
         match ctx.store.claim(lease) {
@@ -128,6 +168,13 @@ const RENEW_EVERY: Duration = Duration::from_secs(15);
 /// Runs `f` while a helper thread renews the job's lease, so that a run that takes long
 /// (a slow or rate-limited API) is never taken for abandoned and run a second time.
 fn holding_lease<T>(ctx: &Context, job: &Job, f: impl FnOnce() -> T) -> T {
+    // On a worker thread, its keeper renews the lease.
+    if let Some(slot) = LEASE_SLOT.with(|s| s.borrow().clone()) {
+        *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(job.id);
+        let out = f();
+        *slot.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        return out;
+    }
     let (done, finished) = std::sync::mpsc::channel::<()>();
     std::thread::scope(|scope| {
         let renewer = std::thread::Builder::new()
