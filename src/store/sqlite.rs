@@ -91,8 +91,13 @@ CREATE TABLE IF NOT EXISTS run_clients (
 ";
 
 /// The SQLite store.
+/// How often expired last attempts are swept into dead letters.
+const SWEEP_EVERY_MS: i64 = 5_000;
+
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    /// When expired last attempts were last swept into dead letters (ms since 1970).
+    last_sweep: std::sync::atomic::AtomicI64,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -152,6 +157,7 @@ impl SqliteStore {
         )?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
+            last_sweep: std::sync::atomic::AtomicI64::new(0),
         })
     }
 
@@ -267,12 +273,18 @@ impl Store for SqliteStore {
         let until = now.saturating_add(lease.as_millis().min(i64::MAX as u128) as i64);
         let conn = self.conn();
         // A job whose lease ran out on its last attempt (its worker died with it) is a
-        // dead letter, not a job to run once more.
-        conn.execute(
-            "UPDATE jobs SET state = 'dead', lease_until = NULL, updated_at = ?1
-             WHERE state = 'running' AND lease_until < ?1 AND attempts >= max_attempts",
-            [now],
-        )?;
+        // dead letter, not a job to run once more. Swept every few seconds, not at every
+        // claim: each write here waits its turn with deliveries being stored.
+        let last = self.last_sweep.load(std::sync::atomic::Ordering::Relaxed);
+        if now.saturating_sub(last) >= SWEEP_EVERY_MS {
+            self.last_sweep
+                .store(now, std::sync::atomic::Ordering::Relaxed);
+            conn.execute(
+                "UPDATE jobs SET state = 'dead', lease_until = NULL, updated_at = ?1
+                 WHERE state = 'running' AND lease_until < ?1 AND attempts >= max_attempts",
+                [now],
+            )?;
+        }
         let job = conn
             .query_row(
                 "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_until = ?2,
