@@ -235,6 +235,15 @@ fn replay(
     dead: bool,
     limit: usize,
 ) -> anyhow::Result<ExitCode> {
+    if let Some(rule) = &rule {
+        let set = load_rules_or_fail(settings)?;
+        if set.get(rule).is_none() {
+            bail!(
+                "no rule named {rule} is loaded from {}; a replay runs the rule as it is now",
+                settings.rules.display()
+            );
+        }
+    }
     let (store, _) = crate::server::open_data(settings)?;
     let jobs = if dead {
         let Some(rule) = rule else {

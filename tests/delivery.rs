@@ -235,7 +235,9 @@ async fn dead_letters_are_replayed_from_the_cli_and_the_admin_api() {
     let mut again = common::command();
     again
         .args(["replay", "--dead", "--rule", "fragile", "--data"])
-        .arg(data.path());
+        .arg(data.path())
+        .arg("--rules")
+        .arg(rules.path());
     let output = common::output_within(again, common::WAIT);
     assert!(String::from_utf8_lossy(&output.stdout).contains("no dead letters"));
 
@@ -254,6 +256,16 @@ async fn dead_letters_are_replayed_from_the_cli_and_the_admin_api() {
         "{runs:#?}"
     );
     assert_eq!(sim_clients(&sim).len(), 1);
+
+    // A rule that is not loaded cannot run anything again.
+    let mut nope = common::command();
+    nope.args(["replay", &event, "--rule", "nope", "--data"])
+        .arg(data.path())
+        .arg("--rules")
+        .arg(rules.path());
+    let output = common::output_within(nope, common::WAIT);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no rule named nope"));
 
     // An unknown event is a 404 for the API and an error for the command line.
     let response = service

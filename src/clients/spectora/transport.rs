@@ -338,10 +338,21 @@ impl From<Received> for Answer {
 fn classify(error: reqwest::Error) -> Failure {
     // Without the URL: it holds nothing secret, but the message is shorter without it.
     let reason = error.without_url();
+    // The causes say what happened ("connection refused"); the top line only that
+    // sending failed.
+    let mut text = reason.to_string();
+    let mut source = std::error::Error::source(&reason);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text = format!("{text}: {cause_text}");
+        }
+        source = cause.source();
+    }
     let text = if reason.is_timeout() {
-        format!("timed out ({reason})")
+        format!("timed out ({text})")
     } else {
-        reason.to_string()
+        text
     };
     if reason.is_connect() || reason.is_builder() {
         Failure::NotSent(text)
