@@ -815,7 +815,7 @@ fn backtest_rule(
     let store: Arc<dyn crate::store::Store> = store;
     let report = crate::backtest::backtest(&rule, &store, backend, from, limit.clamp(1, 10_000))?;
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(ExitCode::SUCCESS);
     }
 
@@ -1014,7 +1014,10 @@ fn print_table(clients: &[crate::clients::Client]) -> std::io::Result<()> {
             c.id,
             name.trim(),
             c.str_attr("email").unwrap_or(""),
-            c.str_attr("phone").unwrap_or(""),
+            ["phone", "mobile_phone", "home_phone"]
+                .iter()
+                .find_map(|k| c.str_attr(k).filter(|p| !p.is_empty()))
+                .unwrap_or(""),
             c.tags().join(", ")
         );
     }

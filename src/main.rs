@@ -7,7 +7,15 @@ use clientrules::cli::{Cli, Command};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // clap prints help and usage errors itself; a reader that went away (`| head`) must
+    // not turn that into a panic.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+        }
+    };
     let serving = matches!(cli.command, Command::Serve { .. } | Command::Sim(_));
     let default_level = if serving { "info" } else { "warn" };
     let filter = EnvFilter::try_from_env("CLIENTRULES_LOG")

@@ -469,8 +469,15 @@ async fn image(
     }
 }
 
+/// The requests answered so far: by route, and the refusals by status.
 async fn stats(State(sim): State<Arc<Sim>>) -> Response {
-    axum::Json(json!({ "requests": sim.faults.counts() })).into_response()
+    let (statuses, routes): (Map<String, Value>, Map<String, Value>) = sim
+        .faults
+        .counts()
+        .into_iter()
+        .map(|(name, n)| (name, Value::from(n)))
+        .partition(|(name, _)| name.starts_with(|c: char| c.is_ascii_digit()));
+    axum::Json(json!({ "requests": routes, "refusals": statuses })).into_response()
 }
 
 async fn unknown_route() -> Response {
