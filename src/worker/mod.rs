@@ -219,47 +219,8 @@ pub fn execute(ctx: &Context, job: Job) {
     let started_at = Utc::now();
 
     let rules = current_rules(&ctx.rules);
-    let event = match ctx.store.event(&job.event_id) {
-        Ok(Some(event)) => event,
-        Ok(None) => {
-            let record = failure_record(&job, "the event of this job is missing from the store");
-            finish(
-                ctx,
-                &job,
-                &run_id,
-                started_at,
-                RunStatus::Failed,
-                record,
-                JobNext::Dead,
-            );
-            return;
-        }
-        Err(StoreError::Corrupt(detail)) => {
-            // Reading again will not help: the job ends as a dead letter that says why.
-            error!(error = %detail, "the event of this job cannot be read; the job is a dead letter");
-            let record = failure_record(
-                &job,
-                &format!("the event of this job cannot be read back from the store: {detail}"),
-            );
-            finish(
-                ctx,
-                &job,
-                &run_id,
-                started_at,
-                RunStatus::Failed,
-                record,
-                JobNext::Dead,
-            );
-            return;
-        }
-        Err(e) => {
-            // The lease runs out and the job is claimed again.
-            error!(error = %e, "cannot read the event; the job will be tried again");
-            return;
-        }
-    };
-    let Some(rule) = rules.get(&job.rule).cloned() else {
-        let record = failure_record(&job, &format!("rule {} is no longer loaded", job.rule));
+    let dead = |message: &str| {
+        let record = failure_record(&job, message);
         finish(
             ctx,
             &job,
@@ -269,6 +230,29 @@ pub fn execute(ctx: &Context, job: Job) {
             record,
             JobNext::Dead,
         );
+    };
+    let event = match ctx.store.event(&job.event_id) {
+        Ok(Some(event)) => event,
+        Ok(None) => {
+            dead("the event of this job is missing from the store");
+            return;
+        }
+        Err(StoreError::Corrupt(detail)) => {
+            // Reading again will not help: the job ends as a dead letter that says why.
+            error!(error = %detail, "the event of this job cannot be read; the job is a dead letter");
+            dead(&format!(
+                "the event of this job cannot be read back from the store: {detail}"
+            ));
+            return;
+        }
+        Err(e) => {
+            // The lease runs out and the job is claimed again.
+            error!(error = %e, "cannot read the event; the job will be tried again");
+            return;
+        }
+    };
+    let Some(rule) = rules.get(&job.rule).cloned() else {
+        dead(&format!("rule {} is no longer loaded", job.rule));
         return;
     };
 
