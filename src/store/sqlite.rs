@@ -273,8 +273,9 @@ impl Store for SqliteStore {
         let until = now.saturating_add(lease.as_millis().min(i64::MAX as u128) as i64);
         let conn = self.conn();
         // A job whose lease ran out on its last attempt (its worker died with it) is a
-        // dead letter, not a job to run once more. Swept every few seconds, not at every
-        // claim: each write here waits its turn with deliveries being stored.
+        // dead letter, not a job to run once more: the claim below never takes one, and
+        // every few seconds (not at every claim: each write here waits its turn with
+        // deliveries being stored) they are marked dead.
         let last = self.last_sweep.load(std::sync::atomic::Ordering::Relaxed);
         if now.saturating_sub(last) >= SWEEP_EVERY_MS {
             self.last_sweep
@@ -292,7 +293,8 @@ impl Store for SqliteStore {
                  WHERE id = (
                      SELECT id FROM jobs j
                      WHERE ((state = 'pending' AND run_at <= ?1)
-                        OR (state = 'running' AND lease_until < ?1))
+                        OR (state = 'running' AND lease_until < ?1
+                            AND attempts < max_attempts))
                        -- A tick's job waits while another of its rule runs.
                        AND NOT (serial = 1 AND EXISTS (
                            SELECT 1 FROM jobs r
@@ -623,4 +625,57 @@ fn stored_run(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRun> {
 /// the workers and the embedded clients each write through a connection of their own.
 fn write_transaction(conn: &mut Connection) -> rusqlite::Result<rusqlite::Transaction<'_>> {
     conn.transaction_with_behavior(TransactionBehavior::Immediate)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::store::{NewJob, Store};
+
+    fn store_with_job(max_attempts: u32) -> SqliteStore {
+        let store = SqliteStore::in_memory().unwrap();
+        let event = Event::manual(&serde_json::Map::new());
+        let job = NewJob {
+            rule: "r".into(),
+            max_attempts,
+        };
+        store.insert_event(&event, &[], &[job]).unwrap();
+        store
+    }
+
+    #[test]
+    fn a_renewed_lease_keeps_a_running_job_from_being_claimed_again() {
+        let store = store_with_job(3);
+        let job = store.claim(Duration::ZERO).unwrap().unwrap();
+        // The lease ran out at once: another worker could take the job...
+        std::thread::sleep(Duration::from_millis(5));
+        store.renew_lease(job.id, Duration::from_secs(60)).unwrap();
+        // ...but its worker renewed it, so nobody does.
+        assert!(store.claim(Duration::from_secs(60)).unwrap().is_none());
+    }
+
+    #[test]
+    fn an_expired_last_attempt_is_a_dead_letter_not_a_new_attempt() {
+        let store = store_with_job(1);
+        let job = store.claim(Duration::ZERO).unwrap().unwrap();
+        assert_eq!(job.attempt, 1);
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(store.claim(Duration::from_secs(60)).unwrap().is_none());
+        // Marked dead by the next sweep.
+        store
+            .last_sweep
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+        assert!(store.claim(Duration::from_secs(60)).unwrap().is_none());
+        assert_eq!(
+            store.job_state(job.id).unwrap(),
+            Some(crate::store::JobState::Dead)
+        );
+        // A job with attempts left is claimed again after its lease runs out.
+        let store = store_with_job(2);
+        let job = store.claim(Duration::ZERO).unwrap().unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        let again = store.claim(Duration::from_secs(60)).unwrap().unwrap();
+        assert_eq!((again.id, again.attempt), (job.id, 2));
+    }
 }

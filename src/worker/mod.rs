@@ -175,21 +175,15 @@ fn holding_lease<T>(ctx: &Context, job: &Job, f: impl FnOnce() -> T) -> T {
         *slot.lock().unwrap_or_else(|p| p.into_inner()) = None;
         return out;
     }
+    // Elsewhere (a job run outside the pool): a keeper for this run alone.
+    let slot: LeaseSlot = Arc::new(std::sync::Mutex::new(Some(job.id)));
     let (done, finished) = std::sync::mpsc::channel::<()>();
     std::thread::scope(|scope| {
-        let renewer = std::thread::Builder::new()
+        let keeper = std::thread::Builder::new()
             .name("lease".into())
-            .spawn_scoped(scope, move || {
-                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                    finished.recv_timeout(RENEW_EVERY)
-                {
-                    if let Err(e) = ctx.store.renew_lease(job.id, LEASE) {
-                        warn!(error = %e, "cannot renew the lease of a running job");
-                    }
-                }
-            });
-        if let Err(e) = &renewer {
-            warn!(error = %e, "cannot start the lease renewer; the job keeps its first lease");
+            .spawn_scoped(scope, move || keep_leases(ctx, &slot, &finished));
+        if let Err(e) = &keeper {
+            warn!(error = %e, "cannot start the lease keeper; the job keeps its first lease");
         }
         let out = f();
         drop(done);
