@@ -235,14 +235,9 @@ fn replay(
     dead: bool,
     limit: usize,
 ) -> anyhow::Result<ExitCode> {
+    // A replay runs the rule as it is now: it must load.
     if let Some(rule) = &rule {
-        let set = load_rules_or_fail(settings)?;
-        if set.get(rule).is_none() {
-            bail!(
-                "no rule named {rule} is loaded from {}; a replay runs the rule as it is now",
-                settings.rules.display()
-            );
-        }
+        loaded_rule(settings, rule)?;
     }
     let (store, _) = crate::server::open_data(settings)?;
     let jobs = if dead {
@@ -562,6 +557,28 @@ fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
 }
 
+/// The rule of this name as it loads from the rules folder now; otherwise the folder's
+/// errors are printed and the error names the rules that did load.
+fn loaded_rule(settings: &Settings, name: &str) -> anyhow::Result<Arc<rules::Rule>> {
+    let set = load_rules_or_fail(settings)?;
+    if let Some(rule) = set.get(name) {
+        return Ok(rule.clone());
+    }
+    for d in set.errors() {
+        eprint!("{}", d.render());
+    }
+    let names: Vec<&str> = set.rules().iter().map(|r| r.name.as_str()).collect();
+    bail!(
+        "no rule named {name} loaded from {} (loaded: {})",
+        settings.rules.display(),
+        if names.is_empty() {
+            "none".into()
+        } else {
+            names.join(", ")
+        }
+    );
+}
+
 fn load_rules_or_fail(settings: &Settings) -> anyhow::Result<RuleSet> {
     let report = load::load_dir(&settings.rules, &load::process_env)
         .with_context(|| format!("cannot read the rules folder {}", settings.rules.display()))?;
@@ -669,22 +686,7 @@ fn run_rule(
     as_json: bool,
 ) -> anyhow::Result<ExitCode> {
     crate::text::set_default_region(&settings.phone_region)?;
-    let set = load_rules_or_fail(settings)?;
-    let Some(rule) = set.get(name).cloned() else {
-        for d in set.errors() {
-            eprint!("{}", d.render());
-        }
-        let names: Vec<&str> = set.rules().iter().map(|r| r.name.as_str()).collect();
-        bail!(
-            "no rule named {name} loaded from {} (loaded: {})",
-            settings.rules.display(),
-            if names.is_empty() {
-                "none".into()
-            } else {
-                names.join(", ")
-            }
-        );
-    };
+    let rule = loaded_rule(settings, name)?;
     let path = rule.webhook().map(|w| w.path.clone()).unwrap_or_default();
     let (event, files) = match rule.schedule() {
         // A scheduled rule run by hand without an event gets a tick of now.
@@ -793,16 +795,7 @@ fn backtest_rule(
     as_json: bool,
 ) -> anyhow::Result<ExitCode> {
     crate::text::set_default_region(&settings.phone_region)?;
-    let set = load_rules_or_fail(settings)?;
-    let Some(rule) = set.get(name).cloned() else {
-        for d in set.errors() {
-            eprint!("{}", d.render());
-        }
-        bail!(
-            "no rule named {name} loaded from {}; a backtest runs the rule as it is on disk",
-            settings.rules.display()
-        );
-    };
+    let rule = loaded_rule(settings, name)?;
     let from = match since {
         Some(window) => Some(
             chrono::Utc::now()

@@ -211,6 +211,28 @@ impl SpectoraClient {
         ApiError::invalid(operation, 404, format!("no client with id {id:?}"))
     }
 
+    /// Sends a change of a client: refused before sending when it would change the
+    /// email or names no client.
+    fn patch(
+        &self,
+        operation: &'static str,
+        id: &str,
+        attributes: &Map<String, Value>,
+        body: Body,
+    ) -> Result<Client, ApiError> {
+        refuse_email_change(operation, attributes)?;
+        if !Self::addressable(id) {
+            return Err(Self::no_such_client(operation, id));
+        }
+        let request = Request {
+            method: Method::PATCH,
+            path: Self::contact_path(id),
+            body,
+        };
+        let answer = self.send(operation, &request)?;
+        self.resource(operation, &answer)
+    }
+
     /// Sends a create once; `Ok(Err(reason))` when its outcome is unknown.
     fn post(&self, body: &Value) -> Result<Result<Client, String>, ApiError> {
         const OP: &str = "create";
@@ -348,18 +370,8 @@ impl Backend for SpectoraClient {
     }
 
     fn update(&self, id: &str, attributes: &Map<String, Value>) -> Result<Client, ApiError> {
-        const OP: &str = "update";
-        refuse_email_change(OP, attributes)?;
-        if !Self::addressable(id) {
-            return Err(Self::no_such_client(OP, id));
-        }
-        let request = Request {
-            method: Method::PATCH,
-            path: Self::contact_path(id),
-            body: Body::Json(document::write_body(Some(id), attributes)),
-        };
-        let answer = self.send(OP, &request)?;
-        self.resource(OP, &answer)
+        let body = Body::Json(document::write_body(Some(id), attributes));
+        self.patch("update", id, attributes, body)
     }
 
     fn set_image(
@@ -368,21 +380,11 @@ impl Backend for SpectoraClient {
         attributes: &Map<String, Value>,
         image: &Image,
     ) -> Result<Client, ApiError> {
-        const OP: &str = "set_image";
-        refuse_email_change(OP, attributes)?;
-        if !Self::addressable(id) {
-            return Err(Self::no_such_client(OP, id));
-        }
-        let request = Request {
-            method: Method::PATCH,
-            path: Self::contact_path(id),
-            body: Body::Form {
-                parts: document::form_parts(attributes),
-                image: image.clone(),
-            },
+        let body = Body::Form {
+            parts: document::form_parts(attributes),
+            image: image.clone(),
         };
-        let answer = self.send(OP, &request)?;
-        self.resource(OP, &answer)
+        self.patch("set_image", id, attributes, body)
     }
 
     fn name(&self) -> &'static str {
