@@ -67,13 +67,21 @@ load bare 8181
 
 for mode in group each; do
     port=$([ "$mode" = group ] && echo 8182 || echo 8183)
-    CLIENTRULES_LOG=warn "$BIN" serve --listen "127.0.0.1:$port" --rules "$WORK/rules" \
-        --data "$WORK/data-$mode" --commit "$mode" 2>"$WORK/serve-$mode.log" &
-    PIDS+=($!)
+    CLIENTRULES_LOG=warn,clientrules::server=info "$BIN" serve --listen "127.0.0.1:$port" \
+        --rules "$WORK/rules" --data "$WORK/data-$mode" --commit "$mode" 2>"$WORK/serve-$mode.log" &
+    pid=$!
+    PIDS+=("$pid")
     wait_port "$port"
     load "commit-$mode" "$port"
-    # With sqlite3 at hand, count what was stored: every 2xx is an event.
+    # With sqlite3 at hand, count what was stored: every 2xx is an event, and the jobs
+    # the workers finished meanwhile on the same cores.
     if command -v sqlite3 >/dev/null; then
-        echo "  events stored: $(sqlite3 "$WORK/data-$mode/clientrules.db" 'SELECT count(*) FROM events')"
+        db="$WORK/data-$mode/clientrules.db"
+        echo "  events stored: $(sqlite3 "$db" 'SELECT count(*) FROM events')," \
+            "jobs finished by the end of the load: $(sqlite3 "$db" "SELECT count(*) FROM jobs WHERE state = 'done'")"
     fi
+    kill -TERM "$pid"
+    wait "$pid" 2>/dev/null || true
+    # The store's own count of its writes (deliveries, claims, finishes) and commits.
+    grep -o 'writes=[0-9]* commits=[0-9]*' "$WORK/serve-$mode.log" | sed 's/^/  store: /' || true
 done

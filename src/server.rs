@@ -15,7 +15,8 @@ use crate::clients::embedded::EmbeddedStore;
 use crate::clients::spectora::SpectoraClient;
 use crate::rules::{RuleSet, load};
 use crate::settings::{BackendKind, Settings};
-use crate::store::{SqliteStore, Store};
+use crate::store::ingest::CommitMode;
+use crate::store::{Grouping, SqliteStore, Store};
 use crate::triggers::decode::DecodeLimits;
 use crate::worker::{self, Pool, SharedRules, Wake};
 
@@ -80,7 +81,11 @@ pub fn open_data(settings: &Settings) -> anyhow::Result<(Arc<SqliteStore>, Arc<d
     std::fs::create_dir_all(&settings.data)
         .with_context(|| format!("cannot create the data folder {}", settings.data.display()))?;
     let path = settings.store_path();
-    let store = SqliteStore::open(&path)?;
+    let grouping = match settings.commit {
+        CommitMode::Group => Grouping::Shared,
+        CommitMode::Each => Grouping::Alone,
+    };
+    let store = SqliteStore::open_with(&path, grouping)?;
     let clients = EmbeddedStore::open(&path)
         .with_context(|| format!("cannot open the client store {}", path.display()))?;
     let backend: Arc<dyn Backend> = match settings.backend.kind() {
@@ -146,6 +151,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
             "jobs left running by the last stop will run again"
         );
     }
+    let sqlite = store.clone();
     let store: Arc<dyn Store> = store;
 
     let metrics = Arc::new(crate::admin::metrics::Metrics::default());
@@ -209,7 +215,8 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let grace = Duration::from_secs(settings.shutdown_grace);
     tokio::task::spawn_blocking(move || pool.shutdown(grace)).await?;
     drop(lock);
-    info!("stopped");
+    let (writes, commits) = sqlite.writes_and_commits();
+    info!(writes, commits, "stopped");
     Ok(())
 }
 

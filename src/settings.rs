@@ -41,8 +41,8 @@ pub struct Settings {
     #[arg(long = "trusted-proxy", env = "CLIENTRULES_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_net)]
     pub trusted_proxies: Vec<ipnet::IpNet>,
 
-    /// How deliveries are committed: `group` shares one commit among concurrent
-    /// deliveries, `each` commits every one alone.
+    /// How writes are committed: `group` shares one synced commit among the deliveries
+    /// and job updates that wait at the same moment, `each` commits every one alone.
     #[arg(long, env = "CLIENTRULES_COMMIT", value_enum, default_value = "group")]
     pub commit: crate::store::ingest::CommitMode,
 

@@ -86,14 +86,15 @@ fn writer(store: &dyn Store, inbox: &Receiver<(NewEvent, Reply)>, mode: CommitMo
             }
         }
         let (events, replies): (Vec<NewEvent>, Vec<Reply>) = batch.into_iter().unzip();
-        match store.insert_batch(&events) {
+        let count = events.len();
+        match store.insert_batch(events) {
             Ok(outcomes) => {
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
                     let _ = reply.send(Ok(outcome));
                 }
             }
             Err(e) => {
-                error!(error = %e, events = events.len(), "cannot commit deliveries");
+                error!(error = %e, events = count, "cannot commit deliveries");
                 let message = describe(&e);
                 for reply in replies {
                     let _ = reply.send(Err(message.clone()));

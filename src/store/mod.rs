@@ -4,6 +4,7 @@
 pub mod ingest;
 mod schedule;
 pub mod sqlite;
+mod writer;
 
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use serde_json::Value;
 use crate::event::Event;
 
 pub use sqlite::SqliteStore;
+pub use writer::Grouping;
 
 /// A storage failure. Callers answer 503 (ingest) or retry later (workers).
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +27,10 @@ pub enum StoreError {
     Corrupt(String),
     #[error("cannot open the store at {path}: {message}")]
     Open { path: String, message: String },
+    #[error("the store could not commit: {0}")]
+    Commit(String),
+    #[error("{0}")]
+    Stopped(String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -256,11 +262,11 @@ pub struct ScheduleState {
 pub trait Store: Send + Sync {
     /// Commits a batch of events, each with its files and jobs, in one transaction:
     /// the group commit of concurrent deliveries.
-    fn insert_batch(&self, batch: &[NewEvent]) -> Result<Vec<Inserted>>;
+    fn insert_batch(&self, batch: Vec<NewEvent>) -> Result<Vec<Inserted>>;
 
     /// Commits one event, its files and its jobs.
     fn insert_event(&self, event: &Event, files: &[NewFile], jobs: &[NewJob]) -> Result<()> {
-        self.insert_batch(&[NewEvent {
+        self.insert_batch(vec![NewEvent {
             event: event.clone(),
             files: files.to_vec(),
             jobs: jobs.to_vec(),

@@ -12,7 +12,7 @@ use super::{NewEvent, NewTick, Result, ScheduleState, TickAction, TickOutcome};
 const TICKS_KEPT: i64 = 1_000;
 
 /// Whether a scheduled job of the rule is pending or running.
-fn unfinished_tick_job(tx: &Transaction<'_>, rule: &str) -> Result<bool> {
+fn unfinished_tick_job(tx: &rusqlite::Connection, rule: &str) -> Result<bool> {
     Ok(tx
         .prepare_cached(
             "SELECT 1 FROM jobs WHERE rule = ?1 AND serial = 1 AND state IN ('pending', 'running')

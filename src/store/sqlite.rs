@@ -2,7 +2,8 @@
 //! one connection, every commit synced before a webhook is answered.
 
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,6 +13,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use super::{
     EventSummary, Inserted, Job, JobNext, JobState, JobSummary, JournalEntry, NewEvent, NewTick,
     Result, RunFilter, ScheduleState, Store, StoreError, StoredRun, TickOutcome, schedule,
+    writer::{Grouping, Writer},
 };
 use crate::event::Event;
 
@@ -131,11 +133,18 @@ const CLAIM: &str = concat!(
 /// How often expired last attempts are swept into dead letters.
 const SWEEP_EVERY_MS: i64 = 5_000;
 
-/// The SQLite store.
+/// Connections that read a store file beside the writer.
+const READERS: usize = 3;
+
+/// The SQLite store: writes go through one writer thread that commits them in groups;
+/// reads use connections of their own, which WAL lets run beside a commit.
 pub struct SqliteStore {
-    conn: Mutex<Connection>,
+    writer: Writer,
+    /// Empty for a store in memory, whose one connection is the writer's.
+    readers: Vec<Mutex<Connection>>,
+    next_reader: AtomicUsize,
     /// When expired last attempts were last swept into dead letters (ms since 1970).
-    last_sweep: std::sync::atomic::AtomicI64,
+    last_sweep: AtomicI64,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -152,61 +161,121 @@ pub(super) fn from_millis(ms: i64) -> DateTime<Utc> {
     Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
 }
 
+/// Makes the tables of a store, or brings an older file's up to date.
+fn setup(conn: &Connection, file: bool) -> Result<()> {
+    conn.busy_timeout(Duration::from_secs(5))?;
+    if file {
+        // WAL lets readers (the CLI) work beside the service; FULL syncs every
+        // commit, so a 2xx survives a crash or a power cut.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+    }
+    conn.execute_batch(SCHEMA)?;
+    // Files made before jobs could be replayed lack that column.
+    let has_replay: bool = conn
+        .prepare("SELECT 1 FROM pragma_table_info('jobs') WHERE name = 'replay_of'")?
+        .exists([])?;
+    if !has_replay {
+        conn.execute_batch("ALTER TABLE jobs ADD COLUMN replay_of INTEGER")?;
+    }
+    // Jobs of schedule ticks run one at a time per rule; older files lack the mark.
+    let has_serial: bool = conn
+        .prepare("SELECT 1 FROM pragma_table_info('jobs') WHERE name = 'serial'")?
+        .exists([])?;
+    if !has_serial {
+        conn.execute_batch("ALTER TABLE jobs ADD COLUMN serial INTEGER NOT NULL DEFAULT 0")?;
+    }
+    conn.execute_batch(
+        "CREATE INDEX IF NOT EXISTS jobs_serial ON jobs (rule, state) WHERE serial = 1",
+    )?;
+    Ok(())
+}
+
 impl SqliteStore {
-    /// Opens (or creates) the store file.
+    /// Opens (or creates) the store file; writes waiting at the same moment share a
+    /// commit.
     pub fn open(path: &Path) -> Result<SqliteStore> {
-        let conn = Connection::open(path).map_err(|e| StoreError::Open {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
-        Self::setup(conn, true)
+        Self::open_with(path, Grouping::Shared)
+    }
+
+    /// Opens (or creates) the store file, grouping writes into commits as told.
+    pub fn open_with(path: &Path, grouping: Grouping) -> Result<SqliteStore> {
+        let open = || {
+            Connection::open(path).map_err(|e| StoreError::Open {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })
+        };
+        let conn = open()?;
+        setup(&conn, true)?;
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            let reader = open()?;
+            reader.busy_timeout(Duration::from_secs(5))?;
+            reader.pragma_update(None, "query_only", true)?;
+            readers.push(Mutex::new(reader));
+        }
+        Self::start(conn, readers, grouping)
     }
 
     /// A store that lives in memory, for tests and dry runs.
     pub fn in_memory() -> Result<SqliteStore> {
-        Self::setup(Connection::open_in_memory()?, false)
+        let conn = Connection::open_in_memory()?;
+        setup(&conn, false)?;
+        Self::start(conn, Vec::new(), Grouping::Shared)
     }
 
-    fn setup(conn: Connection, file: bool) -> Result<SqliteStore> {
-        conn.busy_timeout(Duration::from_secs(5))?;
-        if file {
-            // WAL lets readers (the CLI) work beside the service; FULL syncs every
-            // commit, so a 2xx survives a crash or a power cut.
-            conn.pragma_update(None, "journal_mode", "WAL")?;
-            conn.pragma_update(None, "synchronous", "FULL")?;
-        }
-        conn.execute_batch(SCHEMA)?;
-        // Files made before jobs could be replayed lack that column.
-        let has_replay: bool = conn
-            .prepare("SELECT 1 FROM pragma_table_info('jobs') WHERE name = 'replay_of'")?
-            .exists([])?;
-        if !has_replay {
-            conn.execute_batch("ALTER TABLE jobs ADD COLUMN replay_of INTEGER")?;
-        }
-        // Jobs of schedule ticks run one at a time per rule; older files lack the mark.
-        let has_serial: bool = conn
-            .prepare("SELECT 1 FROM pragma_table_info('jobs') WHERE name = 'serial'")?
-            .exists([])?;
-        if !has_serial {
-            conn.execute_batch("ALTER TABLE jobs ADD COLUMN serial INTEGER NOT NULL DEFAULT 0")?;
-        }
-        conn.execute_batch(
-            "CREATE INDEX IF NOT EXISTS jobs_serial ON jobs (rule, state) WHERE serial = 1",
-        )?;
+    fn start(
+        conn: Connection,
+        readers: Vec<Mutex<Connection>>,
+        grouping: Grouping,
+    ) -> Result<SqliteStore> {
         Ok(SqliteStore {
-            conn: Mutex::new(conn),
-            last_sweep: std::sync::atomic::AtomicI64::new(0),
+            writer: Writer::start(Arc::new(Mutex::new(conn)), grouping)?,
+            readers,
+            next_reader: AtomicUsize::new(0),
+            last_sweep: AtomicI64::new(0),
         })
     }
 
-    fn conn(&self) -> MutexGuard<'_, Connection> {
+    /// Writes made and commits that held them, since the store was opened.
+    pub fn writes_and_commits(&self) -> (u64, u64) {
+        self.writer.counts()
+    }
+
+    /// A connection to read with: a free reader if there is one.
+    fn read(&self) -> MutexGuard<'_, Connection> {
+        let n = self.readers.len();
+        if n == 0 {
+            return self.writer.lock();
+        }
+        let start = self.next_reader.fetch_add(1, Ordering::Relaxed);
+        for i in 0..n {
+            match self.readers[(start + i) % n].try_lock() {
+                Ok(conn) => return conn,
+                Err(TryLockError::Poisoned(p)) => return p.into_inner(),
+                Err(TryLockError::WouldBlock) => {}
+            }
+        }
         // No code panics while holding the lock; recover the connection if one did.
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+        self.readers[start % n]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` in a transaction of its own on the writing connection, outside the group
+    /// commits: for the rare writes that borrow what the writer thread cannot take.
+    fn write_now<T>(&self, f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>) -> Result<T> {
+        let mut conn = self.writer.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
     }
 
     /// The bytes of a stored file part.
     pub fn file(&self, id: &str) -> Result<Option<Bytes>> {
-        let conn = self.conn();
+        let conn = self.read();
         let bytes: Option<Vec<u8>> = conn
             .query_row("SELECT bytes FROM event_files WHERE id = ?1", [id], |r| {
                 r.get(0)
@@ -221,39 +290,12 @@ impl Store for SqliteStore {
         self.file(id)
     }
 
-    fn insert_batch(&self, batch: &[NewEvent]) -> Result<Vec<Inserted>> {
-        let now = millis(Utc::now());
-        let mut conn = self.conn();
-        let tx = write_transaction(&mut conn)?;
-        let mut outcomes = Vec::with_capacity(batch.len());
-        for item in batch {
-            if let Some(key) = &item.dedupe {
-                let window = key.window.as_millis().min(i64::MAX as u128) as i64;
-                let seen: Option<String> = tx
-                    .query_row(
-                        "SELECT event_id FROM dedupe WHERE rule = ?1 AND key = ?2 AND seen_at > ?3",
-                        params![key.rule, key.key, now.saturating_sub(window)],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
-                if let Some(first) = seen {
-                    outcomes.push(Inserted::Duplicate(first));
-                    continue;
-                }
-                tx.execute(
-                    "INSERT OR REPLACE INTO dedupe (rule, key, event_id, seen_at) VALUES (?1, ?2, ?3, ?4)",
-                    params![key.rule, key.key, item.event.id, now],
-                )?;
-            }
-            insert_one(&tx, item, now)?;
-            outcomes.push(Inserted::Stored);
-        }
-        tx.commit()?;
-        Ok(outcomes)
+    fn insert_batch(&self, batch: Vec<NewEvent>) -> Result<Vec<Inserted>> {
+        self.writer.write(move |conn| insert_events(conn, &batch))
     }
 
     fn event(&self, id: &str) -> Result<Option<Event>> {
-        let conn = self.conn();
+        let conn = self.read();
         let row: Option<(String, Vec<u8>)> = conn
             .query_row("SELECT data, raw FROM events WHERE id = ?1", [id], |r| {
                 Ok((r.get(0)?, r.get(1)?))
@@ -271,7 +313,7 @@ impl Store for SqliteStore {
     }
 
     fn events(&self, rule: Option<&str>, limit: usize) -> Result<Vec<EventSummary>> {
-        let conn = self.conn();
+        let conn = self.read();
         let limit = limit.clamp(1, 10_000) as i64;
         let mut stmt = conn.prepare(
             "SELECT id, source, path, received_at FROM events e
@@ -309,114 +351,127 @@ impl Store for SqliteStore {
     fn claim(&self, lease: Duration) -> Result<Option<Job>> {
         let now = millis(Utc::now());
         let until = now.saturating_add(lease.as_millis().min(i64::MAX as u128) as i64);
-        let conn = self.conn();
         // A job whose lease ran out on its last attempt (its worker died with it) is a
-        // dead letter, not a job to run once more: the claim below never takes one, and
-        // every few seconds (not at every claim: each write here waits its turn with
-        // deliveries being stored) they are marked dead.
-        let last = self.last_sweep.load(std::sync::atomic::Ordering::Relaxed);
-        if now.saturating_sub(last) >= SWEEP_EVERY_MS {
-            self.last_sweep
-                .store(now, std::sync::atomic::Ordering::Relaxed);
-            conn.execute(
-                "UPDATE jobs SET state = 'dead', lease_until = NULL, updated_at = ?1
-                 WHERE state = 'running' AND lease_until < ?1 AND attempts >= max_attempts",
-                [now],
-            )?;
+        // dead letter, not a job to run once more: the claim never takes one, and every
+        // few seconds (not at every claim) they are marked dead.
+        let last = self.last_sweep.load(Ordering::Relaxed);
+        let sweep = now.saturating_sub(last) >= SWEEP_EVERY_MS;
+        if sweep {
+            self.last_sweep.store(now, Ordering::Relaxed);
         }
-        let job = conn
-            .query_row(CLAIM, params![now, until], |r| {
-                Ok(Job {
-                    id: r.get(0)?,
-                    event_id: r.get(1)?,
-                    rule: r.get(2)?,
-                    attempt: r.get(3)?,
-                    max_attempts: r.get(4)?,
-                    replay_of: r.get(5)?,
+        self.writer.write(move |conn| {
+            if sweep {
+                conn.execute(
+                    "UPDATE jobs SET state = 'dead', lease_until = NULL, updated_at = ?1
+                     WHERE state = 'running' AND lease_until < ?1 AND attempts >= max_attempts",
+                    [now],
+                )?;
+            }
+            let job = conn
+                .prepare_cached(CLAIM)?
+                .query_row(params![now, until], |r| {
+                    Ok(Job {
+                        id: r.get(0)?,
+                        event_id: r.get(1)?,
+                        rule: r.get(2)?,
+                        attempt: r.get(3)?,
+                        max_attempts: r.get(4)?,
+                        replay_of: r.get(5)?,
+                    })
                 })
-            })
-            .optional()?;
-        Ok(job)
+                .optional()?;
+            Ok(job)
+        })
     }
 
     fn finish(&self, job: &Job, run: &StoredRun, next: JobNext) -> Result<()> {
         let record =
             serde_json::to_string(&run.record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        // The clients the run changed, for the listing of a client's runs.
+        let clients: Vec<String> = run
+            .record
+            .get("changes")
+            .and_then(|c| c.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|change| change.get("client_id")?.as_str().map(str::to_owned))
+            .collect();
+        let columns = (
+            run.id.clone(),
+            run.job_id,
+            run.event_id.clone(),
+            run.rule.clone(),
+            run.status.clone(),
+            millis(run.started_at),
+        );
+        let job_id = job.id;
         let now = millis(Utc::now());
-        let mut conn = self.conn();
-        let tx = write_transaction(&mut conn)?;
-        tx.execute(
-            "INSERT INTO runs (id, job_id, event_id, rule, status, started_at, record)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
-                run.id,
-                run.job_id,
-                run.event_id,
-                run.rule,
-                run.status,
-                millis(run.started_at),
-                record
-            ],
-        )?;
-        if let Some(changes) = run.record.get("changes").and_then(|c| c.as_array()) {
-            for change in changes {
-                if let Some(client) = change.get("client_id").and_then(|c| c.as_str()) {
-                    tx.execute(
-                        "INSERT OR IGNORE INTO run_clients (run_id, client_id) VALUES (?1, ?2)",
-                        params![run.id, client],
-                    )?;
-                }
+        self.writer.write(move |conn| {
+            let (id, run_job, event_id, rule, status, started_at) = columns;
+            conn.prepare_cached(
+                "INSERT INTO runs (id, job_id, event_id, rule, status, started_at, record)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![id, run_job, event_id, rule, status, started_at, record])?;
+            for client in &clients {
+                conn.prepare_cached(
+                    "INSERT OR IGNORE INTO run_clients (run_id, client_id) VALUES (?1, ?2)",
+                )?
+                .execute(params![id, client])?;
             }
-        }
-        match next {
-            JobNext::Done => tx.execute(
-                "UPDATE jobs SET state = 'done', lease_until = NULL, updated_at = ?2 WHERE id = ?1",
-                params![job.id, now],
-            )?,
-            JobNext::Dead => tx.execute(
-                "UPDATE jobs SET state = 'dead', lease_until = NULL, updated_at = ?2 WHERE id = ?1",
-                params![job.id, now],
-            )?,
-            JobNext::Retry(at) => tx.execute(
-                "UPDATE jobs SET state = 'pending', lease_until = NULL, run_at = ?2, updated_at = ?3
-                 WHERE id = ?1",
-                params![job.id, millis(at), now],
-            )?,
-        };
-        tx.commit()?;
-        Ok(())
+            match next {
+                JobNext::Done => conn.execute(
+                    "UPDATE jobs SET state = 'done', lease_until = NULL, updated_at = ?2 WHERE id = ?1",
+                    params![job_id, now],
+                )?,
+                JobNext::Dead => conn.execute(
+                    "UPDATE jobs SET state = 'dead', lease_until = NULL, updated_at = ?2 WHERE id = ?1",
+                    params![job_id, now],
+                )?,
+                JobNext::Retry(at) => conn.execute(
+                    "UPDATE jobs SET state = 'pending', lease_until = NULL, run_at = ?2, updated_at = ?3
+                     WHERE id = ?1",
+                    params![job_id, millis(at), now],
+                )?,
+            };
+            Ok(())
+        })
     }
 
     fn requeue_running(&self) -> Result<u64> {
         let now = millis(Utc::now());
-        let conn = self.conn();
-        // A job that was on its last attempt when the process died does not get another:
-        // a job that kills the process each time it runs must not do so forever.
-        conn.execute(
-            "UPDATE jobs SET state = 'dead', lease_until = NULL, updated_at = ?1
-             WHERE state = 'running' AND attempts >= max_attempts",
-            [now],
-        )?;
-        let n = conn.execute(
-            "UPDATE jobs SET state = 'pending', lease_until = NULL, run_at = ?1, updated_at = ?1
-             WHERE state = 'running'",
-            [now],
-        )?;
-        Ok(n as u64)
+        self.write_now(|tx| {
+            // A job that was on its last attempt when the process died does not get
+            // another: a job that kills the process each time it runs must not do so
+            // forever.
+            tx.execute(
+                "UPDATE jobs SET state = 'dead', lease_until = NULL, updated_at = ?1
+                 WHERE state = 'running' AND attempts >= max_attempts",
+                [now],
+            )?;
+            let n = tx.execute(
+                "UPDATE jobs SET state = 'pending', lease_until = NULL, run_at = ?1, updated_at = ?1
+                 WHERE state = 'running'",
+                [now],
+            )?;
+            Ok(n as u64)
+        })
     }
 
     fn renew_lease(&self, job_id: i64, lease: Duration) -> Result<()> {
         let now = millis(Utc::now());
         let until = now.saturating_add(lease.as_millis().min(i64::MAX as u128) as i64);
-        self.conn().execute(
-            "UPDATE jobs SET lease_until = ?1 WHERE id = ?2 AND state = 'running'",
-            params![until, job_id],
-        )?;
-        Ok(())
+        self.writer.write(move |conn| {
+            conn.execute(
+                "UPDATE jobs SET lease_until = ?1 WHERE id = ?2 AND state = 'running'",
+                params![until, job_id],
+            )?;
+            Ok(())
+        })
     }
 
     fn runs(&self, filter: &RunFilter) -> Result<Vec<StoredRun>> {
-        let conn = self.conn();
+        let conn = self.read();
         let limit = filter.limit.clamp(1, 10_000) as i64;
         let mut stmt = conn.prepare(
             "SELECT id, job_id, event_id, rule, status, started_at, record FROM runs r
@@ -440,7 +495,7 @@ impl Store for SqliteStore {
     }
 
     fn run(&self, id: &str) -> Result<Option<StoredRun>> {
-        let conn = self.conn();
+        let conn = self.read();
         Ok(conn
             .query_row(
                 "SELECT id, job_id, event_id, rule, status, started_at, record FROM runs WHERE id = ?1",
@@ -451,7 +506,7 @@ impl Store for SqliteStore {
     }
 
     fn pending_jobs(&self) -> Result<u64> {
-        let conn = self.conn();
+        let conn = self.read();
         let n: i64 = conn.query_row(
             "SELECT COUNT(*) FROM jobs WHERE state IN ('pending', 'running')",
             [],
@@ -461,13 +516,13 @@ impl Store for SqliteStore {
     }
 
     fn ping(&self) -> Result<()> {
-        let conn = self.conn();
+        let conn = self.read();
         conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?;
         Ok(())
     }
 
     fn journal(&self, job_id: i64) -> Result<Vec<JournalEntry>> {
-        let conn = self.conn();
+        let conn = self.read();
         let mut stmt = conn.prepare(
             "SELECT sequence, fingerprint, result FROM journal WHERE job_id = ?1 ORDER BY sequence",
         )?;
@@ -485,13 +540,15 @@ impl Store for SqliteStore {
     fn record_write(&self, job_id: i64, entry: &JournalEntry) -> Result<()> {
         let result =
             serde_json::to_string(&entry.result).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let conn = self.conn();
-        conn.execute(
-            "INSERT OR REPLACE INTO journal (job_id, sequence, fingerprint, result)
-             VALUES (?1, ?2, ?3, ?4)",
-            params![job_id, entry.sequence, entry.fingerprint, result],
-        )?;
-        Ok(())
+        let (sequence, fingerprint) = (entry.sequence, entry.fingerprint.clone());
+        self.writer.write(move |conn| {
+            conn.execute(
+                "INSERT OR REPLACE INTO journal (job_id, sequence, fingerprint, result)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![job_id, sequence, fingerprint, result],
+            )?;
+            Ok(())
+        })
     }
 
     fn replay_event(
@@ -501,8 +558,7 @@ impl Store for SqliteStore {
         max_attempts: u32,
     ) -> Result<Vec<i64>> {
         let now = millis(Utc::now());
-        let mut conn = self.conn();
-        let tx = write_transaction(&mut conn)?;
+        self.write_now(|tx| {
         // The newest job of each rule on this event is the one the replay follows.
         let previous: Vec<(i64, String)> = {
             let mut stmt = tx.prepare(
@@ -527,12 +583,12 @@ impl Store for SqliteStore {
             )?;
             ids.push(tx.last_insert_rowid());
         }
-        tx.commit()?;
         Ok(ids)
+        })
     }
 
     fn dead_jobs(&self, rule: &str, limit: usize) -> Result<Vec<(i64, String)>> {
-        let conn = self.conn();
+        let conn = self.read();
         let mut stmt = conn.prepare(
             "SELECT id, event_id FROM jobs j WHERE rule = ?1 AND state = 'dead'
                AND NOT EXISTS (SELECT 1 FROM jobs r WHERE r.replay_of = j.id)
@@ -545,19 +601,20 @@ impl Store for SqliteStore {
     }
 
     fn schedule_start(&self, rule: &str, now: DateTime<Utc>) -> Result<ScheduleState> {
-        let conn = self.conn();
-        conn.execute(
-            "INSERT OR IGNORE INTO schedule_state (rule, handled_through) VALUES (?1, ?2)",
-            params![rule, millis(now)],
-        )?;
-        Ok(conn.query_row(
-            &format!(
-                "SELECT {} FROM schedule_state s WHERE s.rule = ?1",
-                schedule::STATE_COLUMNS
-            ),
-            [rule],
-            schedule::state,
-        )?)
+        self.write_now(|tx| {
+            tx.execute(
+                "INSERT OR IGNORE INTO schedule_state (rule, handled_through) VALUES (?1, ?2)",
+                params![rule, millis(now)],
+            )?;
+            Ok(tx.query_row(
+                &format!(
+                    "SELECT {} FROM schedule_state s WHERE s.rule = ?1",
+                    schedule::STATE_COLUMNS
+                ),
+                [rule],
+                schedule::state,
+            )?)
+        })
     }
 
     fn record_tick(
@@ -565,19 +622,13 @@ impl Store for SqliteStore {
         tick: &NewTick,
         missed_between: &dyn Fn(DateTime<Utc>, DateTime<Utc>) -> u64,
     ) -> Result<TickOutcome> {
-        let mut conn = self.conn();
         // IMMEDIATE: the write lock first, so that two processes cannot both read the
-        // rule's state before either writes.
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let outcome = schedule::record(&tx, tick, missed_between)?;
-        if outcome != TickOutcome::AlreadyHandled {
-            tx.commit()?;
-        }
-        Ok(outcome)
+        // rule's state before either writes. A tick already handled wrote nothing.
+        self.write_now(|tx| schedule::record(tx, tick, missed_between))
     }
 
     fn schedule_states(&self) -> Result<Vec<ScheduleState>> {
-        let conn = self.conn();
+        let conn = self.read();
         let mut stmt = conn.prepare(&format!(
             "SELECT {} FROM schedule_state s ORDER BY s.rule",
             schedule::STATE_COLUMNS
@@ -587,7 +638,7 @@ impl Store for SqliteStore {
     }
 
     fn job_state(&self, job_id: i64) -> Result<Option<JobState>> {
-        let conn = self.conn();
+        let conn = self.read();
         let state: Option<String> = conn
             .query_row("SELECT state FROM jobs WHERE id = ?1", [job_id], |r| {
                 r.get(0)
@@ -597,32 +648,61 @@ impl Store for SqliteStore {
     }
 }
 
-pub(super) fn insert_one(tx: &rusqlite::Transaction<'_>, item: &NewEvent, now: i64) -> Result<()> {
+/// Stores events with their files and jobs, each unless its dedupe key was seen.
+fn insert_events(conn: &Connection, batch: &[NewEvent]) -> Result<Vec<Inserted>> {
+    let now = millis(Utc::now());
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for item in batch {
+        if let Some(key) = &item.dedupe {
+            let window = key.window.as_millis().min(i64::MAX as u128) as i64;
+            let seen: Option<String> = conn
+                .prepare_cached(
+                    "SELECT event_id FROM dedupe WHERE rule = ?1 AND key = ?2 AND seen_at > ?3",
+                )?
+                .query_row(
+                    params![key.rule, key.key, now.saturating_sub(window)],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(first) = seen {
+                outcomes.push(Inserted::Duplicate(first));
+                continue;
+            }
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO dedupe (rule, key, event_id, seen_at) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![key.rule, key.key, item.event.id, now])?;
+        }
+        insert_one(conn, item, now)?;
+        outcomes.push(Inserted::Stored);
+    }
+    Ok(outcomes)
+}
+
+pub(super) fn insert_one(tx: &Connection, item: &NewEvent, now: i64) -> Result<()> {
     let event = &item.event;
     let data = serde_json::to_string(event).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO events (id, source, path, received_at, data, raw) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![
+    )?
+    .execute(params![
             event.id,
             event.source.as_str(),
             event.path,
             millis(event.received_at),
             data,
             event.raw.as_ref()
-        ],
-    )?;
+        ])?;
     for file in &item.files {
-        tx.execute(
-            "INSERT INTO event_files (id, event_id, bytes) VALUES (?1, ?2, ?3)",
-            params![file.id, event.id, file.bytes.as_ref()],
-        )?;
+        tx.prepare_cached("INSERT INTO event_files (id, event_id, bytes) VALUES (?1, ?2, ?3)")?
+            .execute(params![file.id, event.id, file.bytes.as_ref()])?;
     }
     for job in &item.jobs {
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO jobs (event_id, rule, state, max_attempts, run_at, updated_at)
              VALUES (?1, ?2, 'pending', ?3, ?4, ?4)",
-            params![event.id, job.rule, job.max_attempts, now],
-        )?;
+        )?
+        .execute(params![event.id, job.rule, job.max_attempts, now])?;
     }
     Ok(())
 }
@@ -638,14 +718,6 @@ fn stored_run(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRun> {
         started_at: from_millis(r.get(5)?),
         record: serde_json::from_str(&record).unwrap_or(serde_json::Value::Null),
     })
-}
-
-/// A write transaction that takes the write lock at its start. A deferred one would take
-/// a read snapshot first, and SQLite refuses (at once, whatever the busy timeout) to
-/// upgrade a snapshot that another connection's commit made stale: the ingest writer,
-/// the workers and the embedded clients each write through a connection of their own.
-fn write_transaction(conn: &mut Connection) -> rusqlite::Result<rusqlite::Transaction<'_>> {
-    conn.transaction_with_behavior(TransactionBehavior::Immediate)
 }
 
 #[cfg(test)]
@@ -680,8 +752,8 @@ mod tests {
                 dedupe: None,
             })
             .collect();
-        store.insert_batch(&batch).unwrap();
-        let conn = store.conn();
+        store.insert_batch(batch).unwrap();
+        let conn = store.writer.lock();
         let mut stmt = conn.prepare(CLAIM).unwrap();
         let now = millis(Utc::now()) + 1;
         let claimed: i64 = stmt
