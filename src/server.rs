@@ -177,6 +177,8 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         .start(shared.clone(), settings.watch_rules)
         .context("cannot watch the rules folder")?;
 
+    let pruner =
+        crate::store::retention::spawn(store.clone(), settings.retention, settings.dedupe_window);
     let ingest = crate::store::ingest::Ingestor::start(store.clone(), settings.commit)
         .context("cannot start the ingest writer")?;
     let app = Arc::new(AppState {
@@ -212,6 +214,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         settings.shutdown_grace
     );
     scheduler.shutdown().await;
+    pruner.abort();
     let grace = Duration::from_secs(settings.shutdown_grace);
     tokio::task::spawn_blocking(move || pool.shutdown(grace)).await?;
     drop(lock);

@@ -50,6 +50,11 @@ pub struct Settings {
     #[arg(long, env = "CLIENTRULES_DEDUPE_WINDOW", default_value = "7d", value_parser = humantime::parse_duration)]
     pub dedupe_window: std::time::Duration,
 
+    /// How long finished events are kept, with their jobs, runs and files. Events with
+    /// a job still to run, or with a dead letter not yet replayed, are kept until then.
+    #[arg(long, env = "CLIENTRULES_RETENTION", default_value = "30d", value_parser = humantime::parse_duration)]
+    pub retention: std::time::Duration,
+
     /// Seconds that running jobs get to finish on shutdown.
     #[arg(long, env = "CLIENTRULES_SHUTDOWN_GRACE", default_value_t = 10)]
     pub shutdown_grace: u64,

@@ -2,6 +2,7 @@
 //! committed together before a webhook is answered; workers claim jobs with a lease.
 
 pub mod ingest;
+pub mod retention;
 mod schedule;
 pub mod sqlite;
 mod writer;
@@ -108,6 +109,14 @@ pub enum JobNext {
     Retry(DateTime<Utc>),
     /// Failed permanently or out of attempts: a dead letter.
     Dead,
+}
+
+/// What one pruning pass deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Events, each with its files, jobs, runs and journal.
+    pub events: u64,
+    pub dedupe_keys: u64,
 }
 
 /// The state of a job, as the admin API shows it.
@@ -327,6 +336,16 @@ pub trait Store: Send + Sync {
 
     /// The state of a job.
     fn job_state(&self, job_id: i64) -> Result<Option<JobState>>;
+
+    /// Deletes at most `limit` events received before `before` whose jobs are all done
+    /// (dead letters count once replayed), each with its files, jobs, runs and journal,
+    /// and at most `limit` dedupe keys seen before `dedupe_before`.
+    fn prune(
+        &self,
+        before: DateTime<Utc>,
+        dedupe_before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Pruned>;
 
     // Schedules.
 

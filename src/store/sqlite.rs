@@ -12,7 +12,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{
     EventSummary, Inserted, Job, JobNext, JobState, JobSummary, JournalEntry, NewEvent, NewTick,
-    Result, RunFilter, ScheduleState, Store, StoreError, StoredRun, TickOutcome, schedule,
+    Pruned, Result, RunFilter, ScheduleState, Store, StoreError, StoredRun, TickOutcome, schedule,
     writer::{Grouping, Writer},
 };
 use crate::event::Event;
@@ -55,6 +55,7 @@ CREATE TABLE IF NOT EXISTS runs (
     record TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS runs_rule ON runs (rule, started_at);
+CREATE INDEX IF NOT EXISTS runs_started ON runs (started_at);
 CREATE INDEX IF NOT EXISTS runs_event ON runs (event_id);
 CREATE TABLE IF NOT EXISTS dedupe (
     rule TEXT NOT NULL,
@@ -186,7 +187,11 @@ fn setup(conn: &Connection, file: bool) -> Result<()> {
         conn.execute_batch("ALTER TABLE jobs ADD COLUMN serial INTEGER NOT NULL DEFAULT 0")?;
     }
     conn.execute_batch(
-        "CREATE INDEX IF NOT EXISTS jobs_serial ON jobs (rule, state) WHERE serial = 1",
+        "CREATE INDEX IF NOT EXISTS jobs_serial ON jobs (rule, state) WHERE serial = 1;
+         CREATE INDEX IF NOT EXISTS jobs_replay ON jobs (replay_of) WHERE replay_of IS NOT NULL;
+         CREATE INDEX IF NOT EXISTS events_received ON events (received_at);
+         CREATE INDEX IF NOT EXISTS event_files_event ON event_files (event_id);
+         CREATE INDEX IF NOT EXISTS dedupe_seen ON dedupe (seen_at);",
     )?;
     Ok(())
 }
@@ -635,6 +640,52 @@ impl Store for SqliteStore {
         ))?;
         let rows = stmt.query_map([], schedule::state)?;
         Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
+    }
+
+    fn prune(
+        &self,
+        before: DateTime<Utc>,
+        dedupe_before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Pruned> {
+        let (before, dedupe_before) = (millis(before), millis(dedupe_before));
+        let limit = limit.clamp(1, 10_000) as i64;
+        self.writer.write(move |conn| {
+            let events: Vec<String> = conn
+                .prepare_cached(
+                    "SELECT id FROM events e WHERE received_at < ?1
+                       AND NOT EXISTS (
+                           SELECT 1 FROM jobs j WHERE j.event_id = e.id
+                             AND (j.state IN ('pending', 'running')
+                                  OR (j.state = 'dead' AND NOT EXISTS (
+                                      SELECT 1 FROM jobs r WHERE r.replay_of = j.id))))
+                     ORDER BY received_at LIMIT ?2",
+                )?
+                .query_map(params![before, limit], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            for id in &events {
+                for sql in [
+                    "DELETE FROM run_clients WHERE run_id IN (SELECT id FROM runs WHERE event_id = ?1)",
+                    "DELETE FROM runs WHERE event_id = ?1",
+                    "DELETE FROM journal WHERE job_id IN (SELECT id FROM jobs WHERE event_id = ?1)",
+                    "DELETE FROM jobs WHERE event_id = ?1",
+                    "DELETE FROM event_files WHERE event_id = ?1",
+                    "DELETE FROM events WHERE id = ?1",
+                ] {
+                    conn.prepare_cached(sql)?.execute([id])?;
+                }
+            }
+            let dedupe_keys = conn
+                .prepare_cached(
+                    "DELETE FROM dedupe WHERE (rule, key) IN (
+                         SELECT rule, key FROM dedupe WHERE seen_at < ?1 LIMIT ?2)",
+                )?
+                .execute(params![dedupe_before, limit])?;
+            Ok(Pruned {
+                events: events.len() as u64,
+                dedupe_keys: dedupe_keys as u64,
+            })
+        })
     }
 
     fn job_state(&self, job_id: i64) -> Result<Option<JobState>> {
