@@ -24,6 +24,7 @@ pub mod backtest;
 pub mod cli;
 pub mod clients;
 pub mod event;
+pub mod listener;
 pub mod rules;
 pub mod script;
 pub mod server;

@@ -1,7 +1,6 @@
 //! `serve`: the store, the rules, the workers and the HTTP routes in one process.
 
 use std::fs::File;
-use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -203,11 +202,13 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let address = listener.local_addr()?;
     info!(address = %address, data = %settings.data.display(), "listening");
 
-    let service = router(app).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, service)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("the HTTP server failed")?;
+    crate::listener::serve(
+        listener,
+        router(app),
+        settings.header_timeout,
+        shutdown_signal(),
+    )
+    .await;
 
     info!(
         "stopping: running jobs get {} s to finish",

@@ -29,8 +29,13 @@ pub struct Settings {
     #[arg(long, env = "CLIENTRULES_BODY_LIMIT", default_value = "1MiB", value_parser = parse_size)]
     pub body_limit: usize,
 
+    /// How long a connection has to send a request's headers, from when it opens or
+    /// when it waits for its next request; slower connections are closed.
+    #[arg(long, env = "CLIENTRULES_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_timeout)]
+    pub header_timeout: std::time::Duration,
+
     /// How long a sender has to send a whole webhook body once its headers are in.
-    #[arg(long, env = "CLIENTRULES_BODY_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CLIENTRULES_BODY_TIMEOUT", default_value = "30s", value_parser = parse_timeout)]
     pub body_timeout: std::time::Duration,
 
     /// Bearer token of the admin API; without one it answers only on loopback.
@@ -161,6 +166,16 @@ impl Settings {
 fn parse_net(text: &str) -> Result<ipnet::IpNet, String> {
     crate::rules::load::parse_net(text)
         .ok_or_else(|| format!("expected an IP address or a CIDR range, found {text:?}"))
+}
+
+/// A duration such as `10s` or `2m` that is more than nothing.
+fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
+    let span = humantime::parse_duration(text)
+        .map_err(|e| format!("expected a duration such as 10s or 2m, found {text:?}: {e}"))?;
+    if span.is_zero() {
+        return Err(format!("expected a duration above zero, found {text:?}"));
+    }
+    Ok(span)
 }
 
 fn parse_phone_region(text: &str) -> Result<String, String> {

@@ -265,6 +265,50 @@ async fn a_body_that_trickles_in_is_cut_off_with_408() {
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
 }
 
+/// Reads what the server sends until it closes the connection, within `limit`.
+async fn read_until_closed(
+    stream: &mut tokio::net::TcpStream,
+    limit: std::time::Duration,
+) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut answer = Vec::new();
+    match tokio::time::timeout(limit, stream.read_to_end(&mut answer)).await {
+        Ok(_) => Some(String::from_utf8_lossy(&answer).into_owned()),
+        Err(_) => None,
+    }
+}
+
+#[tokio::test]
+async fn headers_that_trickle_in_or_never_come_are_cut_off() {
+    use tokio::io::AsyncWriteExt;
+    let rules = rules_dir(&[("guarded.yaml", GUARDED)]);
+    let data = data_dir();
+    let service = Service::start(rules.path(), data.path(), &["--header-timeout", "1s"], &[]);
+    let limit = std::time::Duration::from_secs(8);
+    // A connection that sends nothing at all...
+    let mut silent = tokio::net::TcpStream::connect(service.addr).await.unwrap();
+    // ...and one that starts a request and never finishes its headers.
+    let mut slow = tokio::net::TcpStream::connect(service.addr).await.unwrap();
+    slow.write_all(b"POST /hooks/guarded HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    assert!(
+        read_until_closed(&mut silent, limit).await.is_some(),
+        "a silent connection was kept open"
+    );
+    assert!(
+        read_until_closed(&mut slow, limit).await.is_some(),
+        "a connection that never finished its headers was kept open"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(6));
+    // Senders that do send their request are served as before.
+    let response = service
+        .post_json("/hooks/guarded", r#"{"email":"a@example.com"}"#)
+        .await;
+    assert_eq!(response.status(), 401);
+}
+
 #[tokio::test]
 async fn a_delivery_for_a_rule_that_failed_to_load_is_refused_so_that_it_is_sent_again() {
     let broken = "name: broken\non:\n  webhook:\n    verify:\n      token:\n        header: X-Token\n        value: ${HOSTILE_TEST_UNSET_SECRET}\nscript: |\n  log::info(\"x\");\n";

@@ -299,20 +299,19 @@ mod tests {
         assert!(rows(&conn).is_empty());
     }
 
-    #[test]
-    fn writes_waiting_together_share_one_commit() {
-        let writer =
-            Arc::new(Writer::start(Arc::new(Mutex::new(table())), Grouping::Shared).unwrap());
-        // While the connection is busy, twenty writers queue up...
+    /// Queues `n` writes from as many threads while the connection is busy, then lets
+    /// them run; returns the writer's counts once every write is answered.
+    fn queued_while_busy(grouping: Grouping, n: i64) -> (u64, u64) {
+        let writer = Arc::new(Writer::start(Arc::new(Mutex::new(table())), grouping).unwrap());
         let busy = writer.lock();
-        let threads: Vec<_> = (0..20)
-            .map(|n| {
+        let threads: Vec<_> = (0..n)
+            .map(|k| {
                 let writer = writer.clone();
-                std::thread::spawn(move || writer.write(insert(n)).unwrap())
+                std::thread::spawn(move || writer.write(insert(k)).unwrap())
             })
             .collect();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while writer.counts().0 < 20 {
+        while writer.counts().0 < n as u64 {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the writes were never queued"
@@ -322,35 +321,18 @@ mod tests {
         drop(busy);
         let mut done: Vec<i64> = threads.into_iter().map(|t| t.join().unwrap()).collect();
         done.sort_unstable();
-        assert_eq!(done, (0..20).collect::<Vec<_>>());
-        // ...and all of them are in one commit.
-        assert_eq!(writer.counts(), (20, 1));
-        assert_eq!(rows(&writer.lock()).len(), 20);
+        assert_eq!(done, (0..n).collect::<Vec<_>>());
+        assert_eq!(rows(&writer.lock()).len() as i64, n);
+        writer.counts()
+    }
+
+    #[test]
+    fn writes_waiting_together_share_one_commit() {
+        assert_eq!(queued_while_busy(Grouping::Shared, 20), (20, 1));
     }
 
     #[test]
     fn alone_commits_each_write_by_itself() {
-        let writer =
-            Arc::new(Writer::start(Arc::new(Mutex::new(table())), Grouping::Alone).unwrap());
-        let busy = writer.lock();
-        let threads: Vec<_> = (0..5)
-            .map(|n| {
-                let writer = writer.clone();
-                std::thread::spawn(move || writer.write(insert(n)).unwrap())
-            })
-            .collect();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while writer.counts().0 < 5 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the writes were never queued"
-            );
-            std::thread::yield_now();
-        }
-        drop(busy);
-        for t in threads {
-            t.join().unwrap();
-        }
-        assert_eq!(writer.counts(), (5, 5));
+        assert_eq!(queued_while_busy(Grouping::Alone, 5), (5, 5));
     }
 }
