@@ -131,6 +131,7 @@ pub fn load_file(path: &Path, env: EnvLookup<'_>) -> (Option<Loaded>, Vec<Diagno
         source: Arc::from(text.as_str()),
         rule: None,
         diagnostics: Vec::new(),
+        removed: Vec::new(),
     };
     let loaded = loader.load(&text, env);
     (loaded, loader.diagnostics)
@@ -141,6 +142,8 @@ struct Loader {
     source: Arc<str>,
     rule: Option<String>,
     diagnostics: Vec<Diagnostic>,
+    /// Keys reported as unknown or wrongly typed and left out to read the rest.
+    removed: Vec<String>,
 }
 
 impl Loader {
@@ -183,22 +186,59 @@ impl Loader {
             self.error(*pos, message.clone());
         }
         let had_structure_errors = !spans.problems.is_empty();
+        // The rule's name, for every problem found from here on, when it is readable.
+        self.rule = serde_yaml::from_str::<serde_yaml::Value>(text)
+            .ok()
+            .and_then(|v| v.get("name")?.as_str().map(str::to_owned));
 
-        // Then the schema: unknown keys, wrong types, missing keys.
-        let file: RuleFile = match serde_yaml::from_str(text) {
-            Ok(file) => file,
-            Err(e) => {
+        // Then the schema: unknown keys, wrong types, missing keys. A key that is unknown
+        // or holds the wrong type is reported, blanked out of a copy of the text (its
+        // lines left empty, so that every position stays true) and the copy read again:
+        // every such mistake in the file is reported at once, and then what the checks
+        // after the schema find.
+        let mut attempt = text.to_owned();
+        let mut removed: Vec<String> = Vec::new();
+        let file: RuleFile = loop {
+            match serde_yaml::from_str(&attempt) {
+                Ok(file) => break file,
                 // Duplicate keys and extra documents are already reported, with better
                 // positions.
-                if !had_structure_errors {
-                    self.schema_error(&e, &spans);
+                Err(_) if had_structure_errors => return None,
+                Err(e) => {
+                    let problem = schema_problem(&e, &spans);
+                    // What follows from a key already removed (its parent left empty,
+                    // a required key gone, a misspelt key's right spelling missing) is
+                    // not a mistake of its own.
+                    if removed.iter().any(|r| {
+                        is_within(r, &problem.path)
+                            || (!problem.removable && parent(r) == parent(&problem.path))
+                    }) {
+                        return None;
+                    }
+                    // A key is removed only when its mapping keeps other keys: an
+                    // emptied mapping would be a mistake of the reader's making.
+                    let blanked = problem
+                        .removable
+                        .then(|| blank_key(&attempt, problem.pos.line))
+                        .flatten()
+                        .filter(|next| keeps_parent(next, &problem.path));
+                    let path = problem.path.clone();
+                    let d = self.error(problem.pos, problem.message);
+                    d.help = problem.help;
+                    match blanked {
+                        Some(next) if removed.len() < MAX_SCHEMA_ERRORS => {
+                            removed.push(path);
+                            attempt = next;
+                        }
+                        _ => return None,
+                    }
                 }
-                return None;
             }
         };
         if had_structure_errors {
             return None;
         }
+        self.removed = removed;
         self.rule = Some(file.name.clone());
         let rule = self.build(file, &spans, env);
         if self.errors() > 0 {
@@ -210,83 +250,6 @@ impl Loader {
             name_pos: spans.value_or_parent("name"),
             path_pos: spans.value_or_parent("on.webhook.path"),
         })
-    }
-
-    /// Turns a serde error into a diagnostic that says what was expected and found.
-    fn schema_error(&mut self, e: &serde_yaml::Error, spans: &Spans) {
-        let pos = e
-            .location()
-            .map(|l| Pos {
-                line: l.line(),
-                column: l.column(),
-            })
-            .unwrap_or(Pos { line: 1, column: 1 });
-        let raw = e.to_string();
-        let message = match raw.rfind(" at line ") {
-            Some(cut) => raw[..cut].to_owned(),
-            None => raw,
-        };
-        let (context, detail) = match message.split_once(": ") {
-            Some((ctx, rest)) if !ctx.contains(' ') => (Some(ctx.to_owned()), rest.to_owned()),
-            _ => (None, message.clone()),
-        };
-        let place = context
-            .as_ref()
-            .map(|c| format!(" in `{c}`"))
-            .unwrap_or_default();
-
-        if let Some(rest) = detail.strip_prefix("unknown field `") {
-            let (unknown, expected) = match rest.split_once('`') {
-                Some((name, tail)) => (name.to_owned(), expected_names(tail)),
-                None => (rest.to_owned(), Vec::new()),
-            };
-            let d = self.error(pos, format!("unknown key `{unknown}`{place}"));
-            d.help = Some(match nearest(&unknown, &expected) {
-                Some(best) => format!(
-                    "did you mean `{best}`? valid keys here: {}",
-                    expected.join(", ")
-                ),
-                None => format!("valid keys here: {}", expected.join(", ")),
-            });
-            return;
-        }
-        if let Some(rest) = detail.strip_prefix("missing field `") {
-            let name = rest.split('`').next().unwrap_or(rest);
-            let at = context
-                .as_ref()
-                .map(|c| spans.key_or_parent(c))
-                .unwrap_or(Pos { line: 1, column: 1 });
-            let d = self.error(at, format!("missing key `{name}`{place}"));
-            if name == "name" && context.is_none() {
-                d.help = Some("every rule needs a unique `name`".into());
-            }
-            return;
-        }
-        if let Some(rest) = detail.strip_prefix("invalid type: ")
-            && let Some((found, expected)) = rest.split_once(", expected ")
-        {
-            self.error(
-                pos,
-                format!(
-                    "expected {}{place}, found {found}",
-                    describe_expected(expected)
-                ),
-            );
-            return;
-        }
-        if let Some(rest) = detail.strip_prefix("invalid value: ")
-            && let Some((found, expected)) = rest.split_once(", expected ")
-        {
-            self.error(
-                pos,
-                format!(
-                    "expected {}{place}, found {found}",
-                    describe_expected(expected)
-                ),
-            );
-            return;
-        }
-        self.error(pos, format!("{detail}{place}"));
     }
 
     fn build(&mut self, file: RuleFile, spans: &Spans, env: EnvLookup<'_>) -> Option<Rule> {
@@ -882,6 +845,8 @@ impl Loader {
                 .help = Some("keep one of the two".into());
                 None
             }
+            // A misspelt `script`, already reported, is not missing as well.
+            (None, None) if self.removed.iter().any(|r| parent(r).is_empty()) => None,
             (None, None) => {
                 self.error(Pos { line: 1, column: 1 }, "missing key `script`")
                     .help =
@@ -988,6 +953,174 @@ impl EnvProblem {
             }
         }
     }
+}
+
+/// The most schema mistakes reported for one file.
+const MAX_SCHEMA_ERRORS: usize = 50;
+
+/// A schema mistake: where, the dotted path of the key, what is wrong, and whether the
+/// key can be removed to read on.
+struct SchemaProblem {
+    pos: Pos,
+    path: String,
+    message: String,
+    help: Option<String>,
+    removable: bool,
+}
+
+/// Turns a serde error into a problem that says what was expected and found.
+fn schema_problem(e: &serde_yaml::Error, spans: &Spans) -> SchemaProblem {
+    let pos = e
+        .location()
+        .map(|l| Pos {
+            line: l.line(),
+            column: l.column(),
+        })
+        .unwrap_or(Pos { line: 1, column: 1 });
+    let raw = e.to_string();
+    let message = match raw.rfind(" at line ") {
+        Some(cut) => raw[..cut].to_owned(),
+        None => raw,
+    };
+    let (context, detail) = match message.split_once(": ") {
+        Some((ctx, rest)) if !ctx.contains(' ') => (Some(ctx.to_owned()), rest.to_owned()),
+        _ => (None, message.clone()),
+    };
+    let place = context
+        .as_ref()
+        .map(|c| format!(" in `{c}`"))
+        .unwrap_or_default();
+    let child = |name: &str| match &context {
+        Some(c) => format!("{c}.{name}"),
+        None => name.to_owned(),
+    };
+    let problem = |message: String, path: String, removable: bool| SchemaProblem {
+        pos,
+        path,
+        message,
+        help: None,
+        removable,
+    };
+
+    if let Some(rest) = detail.strip_prefix("unknown field `") {
+        let (unknown, expected) = match rest.split_once('`') {
+            Some((name, tail)) => (name.to_owned(), expected_names(tail)),
+            None => (rest.to_owned(), Vec::new()),
+        };
+        let mut p = problem(
+            format!("unknown key `{unknown}`{place}"),
+            child(&unknown),
+            true,
+        );
+        p.help = Some(match nearest(&unknown, &expected) {
+            Some(best) => format!(
+                "did you mean `{best}`? valid keys here: {}",
+                expected.join(", ")
+            ),
+            None => format!("valid keys here: {}", expected.join(", ")),
+        });
+        return p;
+    }
+    if let Some(rest) = detail.strip_prefix("missing field `") {
+        let name = rest.split('`').next().unwrap_or(rest);
+        let at = context
+            .as_ref()
+            .map(|c| spans.key_or_parent(c))
+            .unwrap_or(Pos { line: 1, column: 1 });
+        let mut p = problem(format!("missing key `{name}`{place}"), child(name), false);
+        p.pos = at;
+        if name == "name" && context.is_none() {
+            p.help = Some("every rule needs a unique `name`".into());
+        }
+        return p;
+    }
+    let path = context.clone().unwrap_or_default();
+    for prefix in ["invalid type: ", "invalid value: "] {
+        if let Some(rest) = detail.strip_prefix(prefix)
+            && let Some((found, expected)) = rest.split_once(", expected ")
+        {
+            return problem(
+                format!(
+                    "expected {}{place}, found {found}",
+                    describe_expected(expected)
+                ),
+                path,
+                true,
+            );
+        }
+    }
+    problem(format!("{detail}{place}"), path, false)
+}
+
+/// The dotted path of the mapping that holds `path`: `on.webhook` for `on.webhook.path`.
+fn parent(path: &str) -> &str {
+    path.rfind(['.', '[']).map_or("", |cut| &path[..cut])
+}
+
+/// Whether the mapping that held the removed key `path` still holds something in `text`.
+fn keeps_parent(text: &str, path: &str) -> bool {
+    let Ok(mut value) = serde_yaml::from_str::<serde_yaml::Value>(text) else {
+        return false;
+    };
+    let holder = parent(path);
+    if !holder.is_empty() {
+        for segment in holder.split('.') {
+            let (key, indexes) = segment.split_once('[').unwrap_or((segment, ""));
+            let Some(next) = value.get(key) else {
+                return false;
+            };
+            value = next.clone();
+            for index in indexes.split('[').filter(|i| !i.is_empty()) {
+                let Some(next) = index
+                    .trim_end_matches(']')
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|i| value.get(i))
+                else {
+                    return false;
+                };
+                value = next.clone();
+            }
+        }
+    }
+    value.as_mapping().is_some_and(|m| !m.is_empty())
+}
+
+/// Whether `path` is `removed` or one of the keys that hold it.
+fn is_within(removed: &str, path: &str) -> bool {
+    path.is_empty()
+        || removed == path
+        || removed
+            .strip_prefix(path)
+            .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
+}
+
+/// The text with the key on line `line` (1-based) and everything indented under it
+/// made empty lines, or `None` when that line holds no plain `key:` to remove.
+fn blank_key(text: &str, line: usize) -> Option<String> {
+    let lines: Vec<&str> = text.split('\n').collect();
+    let first = line.checked_sub(1)?;
+    let key_line = lines.get(first)?;
+    let trimmed = key_line.trim_start();
+    if trimmed.starts_with('-') || trimmed.starts_with('#') || !trimmed.contains(':') {
+        return None;
+    }
+    let indent = key_line.len() - trimmed.len();
+    let mut end = first + 1;
+    while let Some(next) = lines.get(end) {
+        let rest = next.trim_start();
+        if rest.is_empty() || next.len() - rest.len() > indent {
+            end += 1;
+        } else {
+            break;
+        }
+    }
+    let kept: Vec<&str> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| if (first..end).contains(&i) { "" } else { *l })
+        .collect();
+    Some(kept.join("\n"))
 }
 
 /// Replaces every `${NAME}` in a text; `$${` is a literal `${`.
@@ -1181,10 +1314,53 @@ mod tests {
         assert_eq!((d.line, d.column), (4, 1));
         assert!(d.message.contains("unknown key `scirpt`"), "{}", d.message);
         assert!(d.help.unwrap().contains("did you mean `script`?"));
-        assert_eq!(
-            d.rule, None,
-            "the rule's name is unknown until the file parses"
+        assert_eq!(d.rule.as_deref(), Some("lead"));
+    }
+
+    #[test]
+    fn every_schema_mistake_of_a_file_is_reported_with_the_checks_after_them() {
+        let text = "name: lead\ndescripton: typo\non:\n  webhook:\n    pathh: /hooks/lead\n    dedupe: event.body.id\nlimits:\n  timeout: 10s\n  max_api_call: 3\nretry:\n  attempts: many\n  backoff: 5s\nscript: |\n  let x = ;\n";
+        let (rule, errors) = load_text(text);
+        assert!(rule.is_none());
+        let found: Vec<(usize, usize, &str)> = errors
+            .iter()
+            .map(|d| (d.line, d.column, d.message.as_str()))
+            .collect();
+        assert_eq!(found.len(), 5, "{found:#?}");
+        assert_eq!((found[0].0, found[0].1), (2, 1));
+        assert!(found[0].2.contains("unknown key `descripton`"));
+        assert_eq!((found[1].0, found[1].1), (5, 5));
+        assert!(found[1].2.contains("unknown key `pathh` in `on.webhook`"));
+        assert_eq!((found[2].0, found[2].1), (9, 3));
+        assert!(
+            found[2]
+                .2
+                .contains("unknown key `max_api_call` in `limits`")
         );
+        assert_eq!((found[3].0, found[3].1), (11, 13));
+        assert!(
+            found[3]
+                .2
+                .contains("in `retry.attempts`, found string \"many\"")
+        );
+        assert_eq!(found[4].0, 14);
+        assert!(found[4].2.contains("script error"), "{}", found[4].2);
+        assert!(errors.iter().all(|d| d.rule.as_deref() == Some("lead")));
+    }
+
+    #[test]
+    fn a_removed_key_causes_no_second_error() {
+        // The only key of a mapping: removing it would empty `on.webhook`.
+        let d = only_error("name: lead\non:\n  webhook:\n    pth: /x\nscript: \"let x = 1;\"\n");
+        assert!(d.message.contains("unknown key `pth`"), "{}", d.message);
+        // A required key of the wrong type is not missing as well.
+        let d = only_error("name: lead\non:\n  webhook: {}\nscript: [1, 2]\n");
+        assert!(d.message.contains("in `script`"), "{}", d.message);
+        // Nor is the schedule of a wrongly typed cron.
+        let d = only_error(
+            "name: lead\non:\n  schedule:\n    cron: [1]\n    timezone: UTC\nscript: \"let x = 1;\"\n",
+        );
+        assert!(d.message.contains("in `on.schedule.cron`"), "{}", d.message);
     }
 
     #[test]
