@@ -20,6 +20,7 @@
 //! | [`time`] | dates as forms send them: parsing, formatting, counting days |
 
 pub mod admin;
+pub mod app;
 pub mod backtest;
 pub mod cli;
 pub mod clients;

@@ -16,8 +16,8 @@ use serde_json::json;
 
 use chrono::{DateTime, Utc};
 
+use crate::app::AppState;
 use crate::rules::ScheduleTrigger;
-use crate::server::AppState;
 use crate::store::{RunFilter, ScheduleState};
 use crate::triggers::webhook::error_response;
 use crate::worker::current_rules;

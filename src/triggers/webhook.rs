@@ -15,8 +15,8 @@ use tracing::{debug, error, trace, warn};
 
 use super::decode::{self, DecodeError};
 use super::verify;
+use crate::app::AppState;
 use crate::event::{Event, FileMeta, Source};
-use crate::server::AppState;
 use crate::store::{DedupeKey, Inserted, NewEvent, NewFile, NewJob};
 use crate::worker::current_rules;
 
