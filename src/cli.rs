@@ -34,6 +34,11 @@ macro_rules! outln {
     about = "Rules that keep Spectora client records in order"
 )]
 pub struct Cli {
+    /// A settings file (default: clientrules.yaml in the working folder, when there is
+    /// one); flags and CLIENTRULES_* variables win over it.
+    #[arg(long, global = true, env = "CLIENTRULES_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }

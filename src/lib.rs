@@ -24,6 +24,7 @@ pub mod app;
 pub mod backtest;
 pub mod cli;
 pub mod clients;
+pub mod config;
 pub mod event;
 pub mod listener;
 pub mod rules;

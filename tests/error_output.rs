@@ -289,3 +289,52 @@ fn a_runtime_error_of_run_shows_the_script_line() {
     assert_eq!(record["error"]["line"], 6, "{record:#}");
     assert_eq!(record["error"]["column"], 12, "{record:#}");
 }
+
+#[test]
+fn the_settings_file_is_read_in_the_working_folder_and_the_environment_wins_over_it() {
+    let broken = rules_dir(&[("rule.yaml", "name: broken\non:\n  webhook: {}\n")]);
+    let good = rules_dir(&[(
+        "rule.yaml",
+        "name: good\non:\n  webhook: {}\nscript: \"let x = 1;\"\n",
+    )]);
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(
+        work.path().join("clientrules.yaml"),
+        format!("rules: {}\n", broken.path().display()),
+    )
+    .unwrap();
+    let mut from_file = command();
+    from_file.current_dir(work.path()).arg("validate");
+    let output = output_within(from_file, WAIT);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("missing key `script`"), "{stderr}");
+
+    let mut from_env = command();
+    from_env
+        .current_dir(work.path())
+        .arg("validate")
+        .env("CLIENTRULES_RULES", good.path());
+    let output = output_within(from_env, WAIT);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // A mistake in the file stops every command with its line.
+    std::fs::write(
+        work.path().join("clientrules.yaml"),
+        "rules: ./r\nworkers: many\n",
+    )
+    .unwrap();
+    let mut broken_file = command();
+    broken_file.current_dir(work.path()).arg("validate");
+    let output = output_within(broken_file, WAIT);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("clientrules.yaml line 2: `workers`: invalid value \"many\""),
+        "{stderr}"
+    );
+}
