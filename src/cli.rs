@@ -16,7 +16,7 @@ use crate::clients::{ListQuery, Sort};
 use crate::event::Event;
 use crate::rules::{self, RuleSet, load};
 use crate::script::{self, RunStatus};
-use crate::settings::Settings;
+use crate::settings::{Settings, Workspace};
 use crate::triggers::decode;
 
 /// `println!` that hands a failed write (a closed pipe: `clientrules ... | head`) back
@@ -87,7 +87,7 @@ pub enum Command {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        settings: Settings,
+        workspace: Workspace,
     },
     /// Show the next fire times of scheduled rules, in each rule's zone and in UTC.
     Schedule {
@@ -122,7 +122,7 @@ pub enum Command {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        settings: Settings,
+        workspace: Workspace,
     },
     /// Read clients on the configured backend.
     Clients {
@@ -147,7 +147,7 @@ pub enum Command {
         #[arg(long, default_value_t = 1000)]
         limit: usize,
         #[command(flatten)]
-        settings: Settings,
+        workspace: Workspace,
     },
 }
 
@@ -221,7 +221,7 @@ pub enum ClientsCommand {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        settings: Settings,
+        workspace: Workspace,
     },
     /// Show one client.
     Get {
@@ -229,12 +229,12 @@ pub enum ClientsCommand {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        settings: Settings,
+        workspace: Workspace,
     },
 }
 
 fn replay(
-    settings: &Settings,
+    workspace: &Workspace,
     event: Option<String>,
     rule: Option<String>,
     dead: bool,
@@ -242,9 +242,9 @@ fn replay(
 ) -> anyhow::Result<ExitCode> {
     // A replay runs the rule as it is now: it must load.
     if let Some(rule) = &rule {
-        loaded_rule(settings, rule)?;
+        loaded_rule(workspace, rule)?;
     }
-    let (store, _) = crate::server::open_data(settings)?;
+    let (store, _) = crate::server::open_data(workspace, crate::store::Grouping::Shared)?;
     let jobs = if dead {
         let Some(rule) = rule else {
             bail!("--dead needs --rule RULE: the rule whose dead letters to replay");
@@ -265,11 +265,11 @@ fn replay(
             match &rule {
                 Some(rule) => bail!(
                     "no event {event} in {} to replay for rule {rule}",
-                    settings.data.display()
+                    workspace.data.display()
                 ),
                 None => bail!(
                     "no event {event} with jobs in {} to replay",
-                    settings.data.display()
+                    workspace.data.display()
                 ),
             }
         }
@@ -308,8 +308,8 @@ pub fn run_command(command: Command) -> anyhow::Result<ExitCode> {
             content_type,
             dry_run,
             json,
-            settings,
-        } => run_rule(&settings, &rule, event, body, content_type, dry_run, json),
+            workspace,
+        } => run_rule(&workspace, &rule, event, body, content_type, dry_run, json),
         Command::Schedule {
             rule,
             from,
@@ -323,15 +323,15 @@ pub fn run_command(command: Command) -> anyhow::Result<ExitCode> {
             rule,
             dead,
             limit,
-            settings,
-        } => replay(&settings, event, rule, dead, limit),
+            workspace,
+        } => replay(&workspace, event, rule, dead, limit),
         Command::Backtest {
             rule,
             since,
             limit,
             json,
-            settings,
-        } => backtest_rule(&settings, &rule, since, limit, json),
+            workspace,
+        } => backtest_rule(&workspace, &rule, since, limit, json),
         Command::Schema => {
             let schema = rules::schema::rule_file_schema();
             outln!("{}", serde_json::to_string_pretty(&schema)?);
@@ -564,8 +564,8 @@ fn plural(n: usize) -> &'static str {
 
 /// The rule of this name as it loads from the rules folder now; otherwise the folder's
 /// errors are printed and the error names the rules that did load.
-fn loaded_rule(settings: &Settings, name: &str) -> anyhow::Result<Arc<rules::Rule>> {
-    let set = load_rules_or_fail(settings)?;
+fn loaded_rule(workspace: &Workspace, name: &str) -> anyhow::Result<Arc<rules::Rule>> {
+    let set = load_rules_or_fail(workspace)?;
     if let Some(rule) = set.get(name) {
         return Ok(rule.clone());
     }
@@ -575,7 +575,7 @@ fn loaded_rule(settings: &Settings, name: &str) -> anyhow::Result<Arc<rules::Rul
     let names: Vec<&str> = set.rules().iter().map(|r| r.name.as_str()).collect();
     bail!(
         "no rule named {name} loaded from {} (loaded: {})",
-        settings.rules.display(),
+        workspace.rules.display(),
         if names.is_empty() {
             "none".into()
         } else {
@@ -584,9 +584,9 @@ fn loaded_rule(settings: &Settings, name: &str) -> anyhow::Result<Arc<rules::Rul
     );
 }
 
-fn load_rules_or_fail(settings: &Settings) -> anyhow::Result<RuleSet> {
-    let report = load::load_dir(&settings.rules, &load::process_env)
-        .with_context(|| format!("cannot read the rules folder {}", settings.rules.display()))?;
+fn load_rules_or_fail(workspace: &Workspace) -> anyhow::Result<RuleSet> {
+    let report = load::load_dir(&workspace.rules, &load::process_env)
+        .with_context(|| format!("cannot read the rules folder {}", workspace.rules.display()))?;
     Ok(RuleSet::from_report(report))
 }
 
@@ -682,7 +682,7 @@ fn read_event(
 type UploadedFiles = std::collections::HashMap<String, Bytes>;
 
 fn run_rule(
-    settings: &Settings,
+    workspace: &Workspace,
     name: &str,
     event: Option<PathBuf>,
     body: Option<PathBuf>,
@@ -690,8 +690,8 @@ fn run_rule(
     dry_run: bool,
     as_json: bool,
 ) -> anyhow::Result<ExitCode> {
-    crate::text::set_default_region(&settings.phone_region)?;
-    let rule = loaded_rule(settings, name)?;
+    crate::text::set_default_region(&workspace.phone_region)?;
+    let rule = loaded_rule(workspace, name)?;
     let path = rule.webhook().map(|w| w.path.clone()).unwrap_or_default();
     let (event, files) = match rule.schedule() {
         // A scheduled rule run by hand without an event gets a tick of now.
@@ -703,7 +703,7 @@ fn run_rule(
         }
         _ => read_event(event, body, content_type, &path)?,
     };
-    let (_, backend) = crate::server::open_data(settings)?;
+    let (_, backend) = crate::server::open_data(workspace, crate::store::Grouping::Shared)?;
     let mode = if dry_run { Mode::Plan } else { Mode::Live };
     let session = Arc::new(
         Session::new(
@@ -793,14 +793,14 @@ fn run_rule(
 }
 
 fn backtest_rule(
-    settings: &Settings,
+    workspace: &Workspace,
     name: &str,
     since: Option<std::time::Duration>,
     limit: usize,
     as_json: bool,
 ) -> anyhow::Result<ExitCode> {
-    crate::text::set_default_region(&settings.phone_region)?;
-    let rule = loaded_rule(settings, name)?;
+    crate::text::set_default_region(&workspace.phone_region)?;
+    let rule = loaded_rule(workspace, name)?;
     let from = match since {
         Some(window) => Some(
             chrono::Utc::now()
@@ -809,7 +809,7 @@ fn backtest_rule(
         ),
         None => None,
     };
-    let (store, backend) = crate::server::open_data(settings)?;
+    let (store, backend) = crate::server::open_data(workspace, crate::store::Grouping::Shared)?;
     let store: Arc<dyn crate::store::Store> = store;
     let report = crate::backtest::backtest(&rule, &store, backend, from, limit.clamp(1, 10_000))?;
     if as_json {
@@ -915,19 +915,20 @@ fn render_run_error(rule: &rules::Rule, error: &script::RunError) -> String {
 }
 
 fn clients(command: ClientsCommand) -> anyhow::Result<ExitCode> {
-    let settings = match &command {
-        ClientsCommand::List { settings, .. } | ClientsCommand::Get { settings, .. } => settings,
+    let workspace = match &command {
+        ClientsCommand::List { workspace, .. } | ClientsCommand::Get { workspace, .. } => workspace,
     };
     // Reading the embedded clients of a folder that does not exist would only create
     // an empty one: most likely the command runs from the wrong place.
-    if settings.backend.kind() == crate::settings::BackendKind::Embedded && !settings.data.exists()
+    if workspace.backend.kind() == crate::settings::BackendKind::Embedded
+        && !workspace.data.exists()
     {
         bail!(
             "no data folder {}: run this from the folder where `serve` runs, or give --data DIR",
-            settings.data.display()
+            workspace.data.display()
         );
     }
-    let (_, backend) = crate::server::open_data(settings)?;
+    let (_, backend) = crate::server::open_data(workspace, crate::store::Grouping::Shared)?;
     match command {
         ClientsCommand::List {
             fulltext,

@@ -7,14 +7,14 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
-use tracing::{error, info, warn};
+use tracing::info;
 
 pub use crate::app::AppState;
 use crate::clients::Backend;
 use crate::clients::embedded::EmbeddedStore;
 use crate::clients::spectora::SpectoraClient;
-use crate::rules::{RuleSet, load};
-use crate::settings::{BackendKind, Settings};
+use crate::rules::load;
+use crate::settings::{BackendKind, Settings, Workspace};
 use crate::store::ingest::CommitMode;
 use crate::store::{Grouping, SqliteStore, Store};
 use crate::triggers::decode::DecodeLimits;
@@ -27,44 +27,22 @@ pub fn router(app: Arc<AppState>) -> Router {
         .with_state(app)
 }
 
-/// Loads the rules folder and logs every problem; the rules that load are served.
-pub fn load_rules(settings: &Settings) -> anyhow::Result<RuleSet> {
-    let report = load::load_dir(&settings.rules, &load::process_env)
-        .with_context(|| format!("cannot read the rules folder {}", settings.rules.display()))?;
-    let files = report.files;
-    let set = RuleSet::from_report(report);
-    for d in &set.diagnostics {
-        if d.is_error() {
-            error!(file = %d.file.display(), line = d.line, column = d.column, rule = d.rule.as_deref().unwrap_or(""), "{}", d.message);
-        } else {
-            warn!(file = %d.file.display(), line = d.line, column = d.column, rule = d.rule.as_deref().unwrap_or(""), "{}", d.message);
-        }
-    }
-    info!(
-        files,
-        loaded = set.rules().len(),
-        errors = set.errors().count(),
-        "rules loaded"
-    );
-    Ok(set)
-}
-
-/// Opens the data folder: the store, and the embedded clients in the same file.
-pub fn open_data(settings: &Settings) -> anyhow::Result<(Arc<SqliteStore>, Arc<dyn Backend>)> {
-    std::fs::create_dir_all(&settings.data)
-        .with_context(|| format!("cannot create the data folder {}", settings.data.display()))?;
-    let path = settings.store_path();
-    let grouping = match settings.commit {
-        CommitMode::Group => Grouping::Shared,
-        CommitMode::Each => Grouping::Alone,
-    };
+/// Opens the data folder: the store, whose writes are grouped into commits as told,
+/// and the embedded clients in the same file.
+pub fn open_data(
+    workspace: &Workspace,
+    grouping: Grouping,
+) -> anyhow::Result<(Arc<SqliteStore>, Arc<dyn Backend>)> {
+    std::fs::create_dir_all(&workspace.data)
+        .with_context(|| format!("cannot create the data folder {}", workspace.data.display()))?;
+    let path = workspace.store_path();
     let store = SqliteStore::open_with(&path, grouping)?;
     let clients = EmbeddedStore::open(&path)
         .with_context(|| format!("cannot open the client store {}", path.display()))?;
-    let backend: Arc<dyn Backend> = match settings.backend.kind() {
+    let backend: Arc<dyn Backend> = match workspace.backend.kind() {
         BackendKind::Embedded => Arc::new(clients.company("default")),
         BackendKind::Spectora => {
-            let config = settings.backend.spectora()?;
+            let config = workspace.backend.spectora()?;
             let client = SpectoraClient::new(&config)
                 .with_context(|| "cannot set up the Spectora API client".to_owned())?;
             info!(base_url = %client.base_url(), requests_per_minute = config.requests_per_minute, "clients are read and written through the Spectora API");
@@ -88,35 +66,48 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
              it to let only loopback callers use the admin API"
         );
     }
-    std::fs::create_dir_all(&settings.data)
-        .with_context(|| format!("cannot create the data folder {}", settings.data.display()))?;
+    std::fs::create_dir_all(&settings.workspace.data).with_context(|| {
+        format!(
+            "cannot create the data folder {}",
+            settings.workspace.data.display()
+        )
+    })?;
     // One service a data folder: SQLite is a single-node store.
-    let lock_path = settings.data.join("serve.lock");
+    let lock_path = settings.workspace.data.join("serve.lock");
     let lock = File::create(&lock_path)
         .with_context(|| format!("cannot create {}", lock_path.display()))?;
     if lock.try_lock().is_err() {
         anyhow::bail!(
             "another clientrules serve is using the data folder {}",
-            settings.data.display()
+            settings.workspace.data.display()
         );
     }
 
-    crate::text::set_default_region(&settings.phone_region)?;
+    crate::text::set_default_region(&settings.workspace.phone_region)?;
     // Rules are loaded by the reloader, which keeps each file's last good version for
     // the reloads that follow.
     let reloader = Arc::new(crate::rules::reload::Reloader::new(
-        &settings.rules,
+        &settings.workspace.rules,
         load::process_env,
     ));
-    let rules = reloader
-        .load()
-        .with_context(|| format!("cannot read the rules folder {}", settings.rules.display()))?;
+    let rules = reloader.load().with_context(|| {
+        format!(
+            "cannot read the rules folder {}",
+            settings.workspace.rules.display()
+        )
+    })?;
     info!(
         loaded = rules.rules().len(),
         errors = rules.errors().count(),
         "rules loaded"
     );
-    let (store, backend) = open_data(&settings)?;
+    let (store, backend) = open_data(
+        &settings.workspace,
+        match settings.commit {
+            CommitMode::Group => Grouping::Shared,
+            CommitMode::Each => Grouping::Alone,
+        },
+    )?;
     let requeued = store.requeue_running()?;
     if requeued > 0 {
         info!(
@@ -174,7 +165,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let address = listener.local_addr()?;
-    info!(address = %address, data = %settings.data.display(), "listening");
+    info!(address = %address, data = %settings.workspace.data.display(), "listening");
 
     crate::listener::serve(
         listener,

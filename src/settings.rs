@@ -6,13 +6,10 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-/// Where the service listens and keeps its files, shared by every command.
+/// Where the rules and the data are, and which API layer scripts reach: what every
+/// command that runs rules needs.
 #[derive(Debug, Clone, Args)]
-pub struct Settings {
-    /// Address to listen on.
-    #[arg(long, env = "CLIENTRULES_LISTEN", default_value = "127.0.0.1:8080")]
-    pub listen: SocketAddr,
-
+pub struct Workspace {
     /// Folder of rule files.
     #[arg(long, env = "CLIENTRULES_RULES", default_value = "./rules")]
     pub rules: PathBuf,
@@ -20,6 +17,25 @@ pub struct Settings {
     /// Folder of the service's data (the SQLite store).
     #[arg(long, env = "CLIENTRULES_DATA", default_value = "./data")]
     pub data: PathBuf,
+
+    /// The region of phones written without a country code, for
+    /// `text::normalize_phone` and for matching clients by phone: a two-letter code.
+    #[arg(long, env = "CLIENTRULES_PHONE_REGION", default_value = "US", value_parser = parse_phone_region)]
+    pub phone_region: String,
+
+    #[command(flatten)]
+    pub backend: BackendSettings,
+}
+
+/// The settings of `serve`: the workspace, and how the service listens, stores and runs.
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    #[command(flatten)]
+    pub workspace: Workspace,
+
+    /// Address to listen on.
+    #[arg(long, env = "CLIENTRULES_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
 
     /// Worker threads that run rules.
     #[arg(long, env = "CLIENTRULES_WORKERS", default_value_t = 4)]
@@ -64,17 +80,9 @@ pub struct Settings {
     #[arg(long, env = "CLIENTRULES_SHUTDOWN_GRACE", default_value_t = 10)]
     pub shutdown_grace: u64,
 
-    /// The region of phones written without a country code, for
-    /// `text::normalize_phone` and for matching clients by phone: a two-letter code.
-    #[arg(long, env = "CLIENTRULES_PHONE_REGION", default_value = "US", value_parser = parse_phone_region)]
-    pub phone_region: String,
-
     /// Reload rule files when they change; SIGHUP reloads them either way.
     #[arg(long, env = "CLIENTRULES_WATCH_RULES", default_value_t = true, action = clap::ArgAction::Set)]
     pub watch_rules: bool,
-
-    #[command(flatten)]
-    pub backend: BackendSettings,
 }
 
 /// Which API layer scripts reach, and how the Spectora client behaves.
@@ -156,7 +164,7 @@ impl BackendSettings {
     }
 }
 
-impl Settings {
+impl Workspace {
     /// The store file under the data folder.
     pub fn store_path(&self) -> PathBuf {
         self.data.join("clientrules.db")
