@@ -13,6 +13,8 @@ use super::image::Image;
 use super::{ApiError, Backend, Client, ListQuery, MAX_PAGE_SIZE, READ_ONLY, Sort};
 use crate::text;
 
+#[cfg(test)]
+mod journal_tests;
 mod walk;
 pub use walk::{ClientWalk, Progress};
 
@@ -327,13 +329,28 @@ fn value_text(value: &Value) -> String {
     }
 }
 
-/// Where a job's writes are recorded as they succeed, so that a retry of the job gets
-/// the recorded results back instead of sending the writes again.
+/// Where a job's writes are recorded, so that a retry of the job gets the recorded
+/// results back instead of sending the writes again. Each write is recorded as intended
+/// before it is sent and with its result once it succeeded: a write intended and never
+/// recorded was cut off (the service stopped) with its outcome unknown.
 pub trait WriteJournal: Send + Sync {
-    /// The fingerprint and result recorded under a sequence number, if any.
-    fn recorded(&self, sequence: u32) -> Option<(String, Value)>;
+    /// What an earlier attempt recorded under a sequence number, if anything.
+    fn recorded(&self, sequence: u32) -> Option<Recorded>;
+    /// Records that a write is about to be sent; an error stops it from being sent.
+    fn intend(&self, sequence: u32, fingerprint: &str) -> Result<(), String>;
     /// Records a write that succeeded.
     fn record(&self, sequence: u32, fingerprint: &str, result: &Value);
+    /// Forgets a write that was refused or failed: it made no change.
+    fn forget(&self, sequence: u32);
+}
+
+/// A write as an earlier attempt of the job left it in the journal.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Recorded {
+    /// Sent and answered with this result.
+    Done { fingerprint: String, result: Value },
+    /// About to be sent when the attempt was cut off: it may or may not have been made.
+    Intended { fingerprint: String },
 }
 
 #[derive(Debug, Default)]
@@ -458,32 +475,69 @@ impl Session {
     }
 
     /// Sends a write, unless an earlier attempt of the job made the same write: then
-    /// its recorded result is returned and nothing is sent.
+    /// its recorded result is returned and nothing is sent. When an earlier attempt was
+    /// cut off while sending the same write, `settle` decides instead of `send`; with
+    /// `settle_unanswered`, so does the next attempt after a send that got no answer.
     fn journaled(
         &self,
+        operation: &'static str,
         fingerprint: String,
+        settle_unanswered: bool,
         send: impl FnOnce() -> Result<Client, SessionError>,
+        settle: impl FnOnce() -> Result<Client, SessionError>,
     ) -> Result<Client, SessionError> {
         let sequence = {
             let mut state = self.state();
             state.sequence += 1;
             state.sequence
         };
-        if let Some(journal) = &self.journal {
-            let diverged = self.state().diverged;
-            if !diverged && let Some((recorded, result)) = journal.recorded(sequence) {
-                match serde_json::from_value::<Client>(result) {
-                    Ok(client) if recorded == fingerprint => return Ok(client),
-                    _ => self.state().diverged = true,
-                }
+        let Some(journal) = &self.journal else {
+            return send();
+        };
+        let mut cut_off = false;
+        if !self.state().diverged {
+            match journal.recorded(sequence) {
+                Some(Recorded::Done {
+                    fingerprint: recorded,
+                    result,
+                }) if recorded == fingerprint => match serde_json::from_value::<Client>(result) {
+                    Ok(client) => return Ok(client),
+                    Err(_) => self.state().diverged = true,
+                },
+                Some(Recorded::Intended {
+                    fingerprint: recorded,
+                }) if recorded == fingerprint => cut_off = true,
+                Some(_) => self.state().diverged = true,
+                None => {}
             }
         }
-        let client = send()?;
-        if let Some(journal) = &self.journal {
-            let value = serde_json::to_value(&client).unwrap_or(Value::Null);
-            journal.record(sequence, &fingerprint, &value);
+        // Never a write that the journal does not know of: a retry could repeat it.
+        if !cut_off && let Err(e) = journal.intend(sequence, &fingerprint) {
+            return Err(SessionError::Api {
+                call: operation,
+                error: ApiError {
+                    operation,
+                    status: None,
+                    detail: format!("the write was not sent: it cannot be journaled ({e})"),
+                    pointer: None,
+                    transient: true,
+                },
+            });
         }
-        Ok(client)
+        let outcome = if cut_off { settle() } else { send() };
+        match &outcome {
+            Ok(client) => {
+                let value = serde_json::to_value(client).unwrap_or(Value::Null);
+                journal.record(sequence, &fingerprint, &value);
+            }
+            // Perhaps sent, with no answer: the next attempt settles it.
+            Err(SessionError::Api { error, .. }) if settle_unanswered && error.status.is_none() => {
+            }
+            // Refused by the API, or never sent (a limit, a bad call, no connection):
+            // nothing was written, and the next attempt sends it again.
+            Err(_) => journal.forget(sequence),
+        }
+        outcome
     }
 
     /// Sets the instant after which no request is sent: the run's timeout counts the
@@ -704,9 +758,16 @@ impl Session {
         let client = match self.mode {
             Mode::Live => {
                 let target = email.clone().unwrap_or_else(|| "new client".into());
-                self.journaled(fingerprint("create", "", &fields), || {
-                    self.call(call, "create", &target, |b| b.create(&fields))
-                })?
+                let send = || self.call(call, "create", &target, |b| b.create(&fields));
+                // A create with an email can be looked up, so one with an unknown
+                // outcome is settled that way; one without is settled by not sending it.
+                self.journaled(
+                    "create",
+                    fingerprint("create", "", &fields),
+                    email.is_some(),
+                    send,
+                    || self.settle_create(call, email.as_deref(), send),
+                )?
             }
             Mode::Plan => {
                 let has_identity = ["email", "phone", "first_name"].iter().any(|k| {
@@ -744,6 +805,37 @@ impl Session {
             .collect();
         self.record_change(&client, ChangeKind::Created, email, changes);
         Ok(client)
+    }
+
+    /// A create that an earlier attempt was sending when it was cut off: the client is
+    /// looked up by its email and sent again only when it is not there. Without an email
+    /// there is no telling, and it is not sent again.
+    fn settle_create(
+        &self,
+        call: &'static str,
+        email: Option<&str>,
+        send: impl FnOnce() -> Result<Client, SessionError>,
+    ) -> Result<Client, SessionError> {
+        let email = email.map(text::normalize_email).filter(|e| !e.is_empty());
+        let Some(email) = email else {
+            return Err(SessionError::Api {
+                call,
+                error: ApiError {
+                    operation: "create",
+                    status: None,
+                    detail: "an earlier attempt of this job was stopped while creating this \
+                             client, and without an email there is no looking it up: it was \
+                             not sent again; check the clients, then replay the event"
+                        .into(),
+                    pointer: None,
+                    transient: false,
+                },
+            });
+        };
+        match self.find_by_email_inner(call, &email)? {
+            Some(client) => Ok(client),
+            None => send(),
+        }
     }
 
     fn check_changes(&self, call: &'static str, id: Option<&str>) -> Result<(), SessionError> {
@@ -825,9 +917,17 @@ impl Session {
         }
         self.check_changes(call, Some(id))?;
         let updated = match self.mode {
-            Mode::Live => self.journaled(fingerprint("update", id, &diff), || {
-                self.call(call, "update", id, |b| b.update(id, &diff))
-            })?,
+            // An update sends values, not changes: sent twice, it writes them once.
+            Mode::Live => {
+                let send = || self.call(call, "update", id, |b| b.update(id, &diff));
+                self.journaled(
+                    "update",
+                    fingerprint("update", id, &diff),
+                    false,
+                    send,
+                    send,
+                )?
+            }
             Mode::Plan => {
                 let mut client = current.clone();
                 for (k, v) in &diff {
@@ -949,11 +1049,19 @@ impl Session {
                 ]
                 .into_iter()
                 .collect();
-                self.journaled(fingerprint("set_image", id, &what), || {
+                // The same image uploaded twice is the same image.
+                let send = || {
                     self.call(call, "set_image", id, |b| {
                         b.set_image(id, &Map::new(), &image)
                     })
-                })?
+                };
+                self.journaled(
+                    "set_image",
+                    fingerprint("set_image", id, &what),
+                    false,
+                    send,
+                    send,
+                )?
             }
             Mode::Plan => {
                 let mut client = current.clone();

@@ -84,7 +84,8 @@ pub struct JournalEntry {
     /// What was written: the operation, the client and the fields, so that a retry
     /// that writes something else does not get this result back.
     pub fingerprint: String,
-    pub result: Value,
+    /// The answer; `None` while the write is only intended (about to be sent).
+    pub result: Option<Value>,
 }
 
 /// A job a worker has claimed.
@@ -319,8 +320,12 @@ pub trait Store: Send + Sync {
     /// The writes a job recorded in earlier attempts, in sequence order.
     fn journal(&self, job_id: i64) -> Result<Vec<JournalEntry>>;
 
-    /// Records one write of a job, as soon as it succeeded.
+    /// Records one write of a job: as intended before it is sent, with its result as
+    /// soon as it succeeded.
     fn record_write(&self, job_id: i64, entry: &JournalEntry) -> Result<()>;
+
+    /// Forgets an intended write that was refused: it made no change.
+    fn forget_write(&self, job_id: i64, sequence: u32) -> Result<()>;
 
     /// Queues an event again for a rule (or every rule that had a job on it), as new
     /// jobs linked to the last job of each; returns the new job ids.

@@ -116,7 +116,7 @@ mod tests {
                 &JournalEntry {
                     sequence: 1,
                     fingerprint: "create".into(),
-                    result: serde_json::json!({"id": "7"}),
+                    result: Some(serde_json::json!({"id": "7"})),
                 },
             )
             .unwrap();

@@ -179,6 +179,13 @@ fn setup(conn: &Connection, file: bool) -> Result<()> {
     if !has_replay {
         conn.execute_batch("ALTER TABLE jobs ADD COLUMN replay_of INTEGER")?;
     }
+    // Journal entries are intended before they are done; older files hold done ones.
+    let has_done: bool = conn
+        .prepare("SELECT 1 FROM pragma_table_info('journal') WHERE name = 'done'")?
+        .exists([])?;
+    if !has_done {
+        conn.execute_batch("ALTER TABLE journal ADD COLUMN done INTEGER NOT NULL DEFAULT 1")?;
+    }
     // Jobs of schedule ticks run one at a time per rule; older files lack the mark.
     let has_serial: bool = conn
         .prepare("SELECT 1 FROM pragma_table_info('jobs') WHERE name = 'serial'")?
@@ -529,14 +536,17 @@ impl Store for SqliteStore {
     fn journal(&self, job_id: i64) -> Result<Vec<JournalEntry>> {
         let conn = self.read();
         let mut stmt = conn.prepare(
-            "SELECT sequence, fingerprint, result FROM journal WHERE job_id = ?1 ORDER BY sequence",
+            "SELECT sequence, fingerprint, result, done FROM journal WHERE job_id = ?1
+             ORDER BY sequence",
         )?;
         let rows = stmt.query_map([job_id], |r| {
             let result: String = r.get(2)?;
+            let done: bool = r.get(3)?;
             Ok(JournalEntry {
                 sequence: r.get(0)?,
                 fingerprint: r.get(1)?,
-                result: serde_json::from_str(&result).unwrap_or(serde_json::Value::Null),
+                result: done
+                    .then(|| serde_json::from_str(&result).unwrap_or(serde_json::Value::Null)),
             })
         })?;
         Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
@@ -546,12 +556,21 @@ impl Store for SqliteStore {
         let result =
             serde_json::to_string(&entry.result).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let (sequence, fingerprint) = (entry.sequence, entry.fingerprint.clone());
+        let done = entry.result.is_some();
         self.writer.write(move |conn| {
-            conn.execute(
-                "INSERT OR REPLACE INTO journal (job_id, sequence, fingerprint, result)
-                 VALUES (?1, ?2, ?3, ?4)",
-                params![job_id, sequence, fingerprint, result],
-            )?;
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO journal (job_id, sequence, fingerprint, result, done)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![job_id, sequence, fingerprint, result, done])?;
+            Ok(())
+        })
+    }
+
+    fn forget_write(&self, job_id: i64, sequence: u32) -> Result<()> {
+        self.writer.write(move |conn| {
+            conn.prepare_cached("DELETE FROM journal WHERE job_id = ?1 AND sequence = ?2")?
+                .execute(params![job_id, sequence])?;
             Ok(())
         })
     }

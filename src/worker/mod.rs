@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use tracing::{debug, error, info, info_span, warn};
 
 use crate::clients::Backend;
-use crate::clients::session::{Mode, Session, WriteJournal};
+use crate::clients::session::{Mode, Recorded, Session, WriteJournal};
 use crate::rules::{Rule, RuleSet};
 use crate::script::{self, Outcome, RunStatus};
 use crate::store::{Job, JobNext, JournalEntry, Store, StoreError, StoredRun};
@@ -320,22 +320,45 @@ struct StoreJournal {
 }
 
 impl WriteJournal for StoreJournal {
-    fn recorded(&self, sequence: u32) -> Option<(String, Value)> {
-        self.entries
-            .iter()
-            .find(|e| e.sequence == sequence)
-            .map(|e| (e.fingerprint.clone(), e.result.clone()))
+    fn recorded(&self, sequence: u32) -> Option<Recorded> {
+        let entry = self.entries.iter().find(|e| e.sequence == sequence)?;
+        let fingerprint = entry.fingerprint.clone();
+        Some(match &entry.result {
+            Some(result) => Recorded::Done {
+                fingerprint,
+                result: result.clone(),
+            },
+            None => Recorded::Intended { fingerprint },
+        })
+    }
+
+    fn intend(&self, sequence: u32, fingerprint: &str) -> Result<(), String> {
+        let entry = JournalEntry {
+            sequence,
+            fingerprint: fingerprint.to_owned(),
+            result: None,
+        };
+        self.store
+            .record_write(self.job_id, &entry)
+            .map_err(|e| e.to_string())
     }
 
     fn record(&self, sequence: u32, fingerprint: &str, result: &Value) {
         let entry = JournalEntry {
             sequence,
             fingerprint: fingerprint.to_owned(),
-            result: result.clone(),
+            result: Some(result.clone()),
         };
         if let Err(e) = self.store.record_write(self.job_id, &entry) {
-            // The write was made; a retry finds the client by its email instead.
+            // The write was made and its intent is journaled: a retry looks the client
+            // up instead of creating it again.
             error!(error = %e, job_id = self.job_id, "cannot record a write in the journal");
+        }
+    }
+
+    fn forget(&self, sequence: u32) {
+        if let Err(e) = self.store.forget_write(self.job_id, sequence) {
+            error!(error = %e, job_id = self.job_id, "cannot clear a refused write from the journal");
         }
     }
 }
