@@ -244,12 +244,14 @@ fn replay(
     if let Some(rule) = &rule {
         loaded_rule(workspace, rule)?;
     }
+    let rules = load_rules_or_fail(workspace)?;
     let (store, _) = crate::server::open_data(workspace, crate::store::Grouping::Shared)?;
     let jobs = if dead {
         let Some(rule) = rule else {
             bail!("--dead needs --rule RULE: the rule whose dead letters to replay");
         };
-        let jobs = crate::store::replay_dead(store.as_ref(), &rule, limit)?;
+        use crate::store::Store as _;
+        let jobs = store.replay_dead(&rule, limit, rules.attempts_of(&rule))?;
         if jobs.is_empty() {
             outln!("no dead letters of rule {rule} to replay");
             return Ok(ExitCode::SUCCESS);
@@ -260,7 +262,7 @@ fn replay(
             bail!("give an event id, or --dead --rule RULE");
         };
         use crate::store::Store as _;
-        let jobs = store.replay_event(&event, rule.as_deref(), crate::store::REPLAY_ATTEMPTS)?;
+        let jobs = store.replay_event(&event, rule.as_deref(), &|r| rules.attempts_of(r))?;
         if jobs.is_empty() {
             match &rule {
                 Some(rule) => bail!(

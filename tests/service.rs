@@ -426,9 +426,11 @@ async fn sigterm_lets_the_running_job_finish_and_leaves_the_rest_for_the_next_st
 }
 
 #[tokio::test]
-async fn a_run_cut_off_by_shutdown_is_retried_after_the_restart() {
+async fn a_run_cut_off_by_shutdown_runs_again_after_the_restart_without_using_an_attempt() {
     let data = data_dir();
-    let rules = rules_dir(&[("slow.yaml", SLOW_RULE)]);
+    // One attempt only: a cut-off run must not make the job a dead letter.
+    let one_attempt = SLOW_RULE.replace("attempts: 3", "attempts: 1");
+    let rules = rules_dir(&[("slow.yaml", one_attempt.as_str())]);
 
     let mut service = Service::start(
         rules.path(),
@@ -464,10 +466,10 @@ async fn a_run_cut_off_by_shutdown_is_retried_after_the_restart() {
     let (retried, cancelled) = (&runs[0], &runs[1]);
     assert_eq!(cancelled["status"], "failed", "{cancelled:#}");
     assert_eq!(cancelled["retryable"], true, "{cancelled:#}");
-    assert_eq!(cancelled["next"]["state"], "retry", "{cancelled:#}");
+    assert_eq!(cancelled["next"]["state"], "requeued", "{cancelled:#}");
     let message = cancelled["error"]["message"].as_str().unwrap_or("");
     assert!(message.contains("shutting down"), "{cancelled:#}");
-    assert_eq!(retried["attempt"], 2, "{retried:#}");
+    assert_eq!(retried["attempt"], 1, "{retried:#}");
     client_with_email(&service.clients(), "cut@example.com");
 }
 

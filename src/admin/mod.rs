@@ -198,8 +198,9 @@ async fn replay_event(
         return error_response(StatusCode::NOT_FOUND, "no such rule");
     }
     let store = app.store.clone();
+    let rules = current_rules(&app.rules);
     let result = tokio::task::spawn_blocking(move || {
-        store.replay_event(&id, q.rule.as_deref(), crate::store::REPLAY_ATTEMPTS)
+        store.replay_event(&id, q.rule.as_deref(), &|rule| rules.attempts_of(rule))
     })
     .await;
     match result {
@@ -217,13 +218,15 @@ async fn replay_event(
 
 /// Queues every dead letter of a rule again.
 async fn replay_dead(State(app): State<Arc<AppState>>, Path(name): Path<String>) -> Response {
-    if current_rules(&app.rules).get(&name).is_none() {
+    let Some(attempts) = current_rules(&app.rules)
+        .get(&name)
+        .map(|r| r.retry.attempts)
+    else {
         return error_response(StatusCode::NOT_FOUND, "no such rule");
-    }
+    };
     let store = app.store.clone();
     let result =
-        tokio::task::spawn_blocking(move || crate::store::replay_dead(store.as_ref(), &name, 1000))
-            .await;
+        tokio::task::spawn_blocking(move || store.replay_dead(&name, 1000, attempts)).await;
     match result {
         Ok(Ok(jobs)) => {
             if !jobs.is_empty() {

@@ -326,6 +326,12 @@ impl RuleSet {
         self.by_name.get(name).map(|&i| &self.rules[i])
     }
 
+    /// The attempts a job of the rule gets: its `retry.attempts`, or one for a rule that
+    /// is not loaded (its jobs wait until it is).
+    pub fn attempts_of(&self, name: &str) -> u32 {
+        self.get(name).map_or(1, |r| r.retry.attempts.max(1))
+    }
+
     pub fn by_path(&self, path: &str) -> Option<&Arc<Rule>> {
         self.by_path.get(path).map(|&i| &self.rules[i])
     }

@@ -110,6 +110,8 @@ pub enum JobNext {
     Retry(DateTime<Utc>),
     /// Failed permanently or out of attempts: a dead letter.
     Dead,
+    /// Stopped by a shutdown: due again at once, and the attempt not counted.
+    Requeue,
 }
 
 /// What one pruning pass deleted.
@@ -189,20 +191,6 @@ pub struct RunFilter {
     pub event_id: Option<String>,
     pub client_id: Option<String>,
     pub limit: usize,
-}
-
-/// The attempts a replayed job is given: the worker holds every job to its rule's
-/// current `retry.attempts`, so a replay gets exactly what the rule now allows.
-pub const REPLAY_ATTEMPTS: u32 = u32::MAX;
-
-/// Queues the dead letters of a rule again, oldest first, at most `limit`; returns the
-/// new job ids.
-pub fn replay_dead(store: &dyn Store, rule: &str, limit: usize) -> Result<Vec<i64>> {
-    let mut jobs = Vec::new();
-    for (_, event_id) in store.dead_jobs(rule, limit)? {
-        jobs.extend(store.replay_event(&event_id, Some(rule), REPLAY_ATTEMPTS)?);
-    }
-    Ok(jobs)
 }
 
 /// A tick of a scheduled rule to record, and what to do if this process is the first
@@ -328,16 +316,19 @@ pub trait Store: Send + Sync {
     fn forget_write(&self, job_id: i64, sequence: u32) -> Result<()>;
 
     /// Queues an event again for a rule (or every rule that had a job on it), as new
-    /// jobs linked to the last job of each; returns the new job ids.
+    /// jobs linked to the last job of each, each allowed `attempts(rule)` attempts;
+    /// returns the new job ids.
     fn replay_event(
         &self,
         event_id: &str,
         rule: Option<&str>,
-        max_attempts: u32,
+        attempts: &dyn Fn(&str) -> u32,
     ) -> Result<Vec<i64>>;
 
-    /// The dead letters of a rule: (job id, event id), oldest first.
-    fn dead_jobs(&self, rule: &str, limit: usize) -> Result<Vec<(i64, String)>>;
+    /// Queues the dead letters of a rule not yet replayed again, oldest first, at most
+    /// `limit`, each allowed `attempts` attempts, in one transaction: two callers at
+    /// once never queue one dead letter twice. Returns the new job ids.
+    fn replay_dead(&self, rule: &str, limit: usize, attempts: u32) -> Result<Vec<i64>>;
 
     /// The state of a job.
     fn job_state(&self, job_id: i64) -> Result<Option<JobState>>;

@@ -155,9 +155,7 @@ mod tests {
         let dead_job = run_next(&store, JobNext::Dead);
         let replayed_job = run_next(&store, JobNext::Dead);
         // The third event's dead letter is replayed, and the replay succeeds.
-        store
-            .replay_event(&ids[2], Some("r"), crate::store::REPLAY_ATTEMPTS)
-            .unwrap();
+        store.replay_event(&ids[2], Some("r"), &|_| 1).unwrap();
         // The fourth event's job is still waiting: claims take the oldest due first,
         // and the replay was queued after it.
         let waiting_job = run_next(

@@ -445,6 +445,12 @@ impl Store for SqliteStore {
                      WHERE id = ?1",
                     params![job_id, millis(at), now],
                 )?,
+                JobNext::Requeue => conn.execute(
+                    "UPDATE jobs SET state = 'pending', lease_until = NULL, run_at = ?2,
+                            updated_at = ?2, attempts = MAX(attempts - 1, 0)
+                     WHERE id = ?1",
+                    params![job_id, now],
+                )?,
             };
             Ok(())
         })
@@ -579,49 +585,50 @@ impl Store for SqliteStore {
         &self,
         event_id: &str,
         rule: Option<&str>,
-        max_attempts: u32,
+        attempts: &dyn Fn(&str) -> u32,
     ) -> Result<Vec<i64>> {
         let now = millis(Utc::now());
         self.write_now(|tx| {
-        // The newest job of each rule on this event is the one the replay follows.
-        let previous: Vec<(i64, String)> = {
-            let mut stmt = tx.prepare(
-                "SELECT MAX(id), rule FROM jobs WHERE event_id = ?1 AND (?2 IS NULL OR rule = ?2)
-                 GROUP BY rule ORDER BY rule",
-            )?;
-            let rows = stmt.query_map(params![event_id, rule], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            rows.collect::<std::result::Result<Vec<_>, _>>()?
-        };
-        let targets: Vec<(Option<i64>, String)> = previous
-            .into_iter()
-            .map(|(id, rule)| (Some(id), rule))
-            .collect();
-        // Only a rule that took the event may run it again: another rule's checks (its
-        // signature, its allowed senders) never passed on it.
-        let mut ids = Vec::new();
-        for (replay_of, rule) in targets {
-            tx.execute(
-                "INSERT INTO jobs (event_id, rule, state, max_attempts, run_at, updated_at, replay_of)
-                 VALUES (?1, ?2, 'pending', ?3, ?4, ?4, ?5)",
-                params![event_id, rule, max_attempts, now, replay_of],
-            )?;
-            ids.push(tx.last_insert_rowid());
-        }
-        Ok(ids)
+            // The newest job of each rule on this event is the one the replay follows.
+            // Only a rule that took the event may run it again: another rule's checks
+            // (its signature, its allowed senders) never passed on it.
+            let previous: Vec<(i64, String)> = {
+                let mut stmt = tx.prepare(
+                    "SELECT MAX(id), rule FROM jobs WHERE event_id = ?1 AND (?2 IS NULL OR rule = ?2)
+                     GROUP BY rule ORDER BY rule",
+                )?;
+                let rows =
+                    stmt.query_map(params![event_id, rule], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                rows.collect::<std::result::Result<Vec<_>, _>>()?
+            };
+            let mut ids = Vec::new();
+            for (replay_of, rule) in previous {
+                tx.execute(
+                    "INSERT INTO jobs (event_id, rule, state, max_attempts, run_at, updated_at, replay_of)
+                     VALUES (?1, ?2, 'pending', ?3, ?4, ?4, ?5)",
+                    params![event_id, rule, attempts(&rule).max(1), now, replay_of],
+                )?;
+                ids.push(tx.last_insert_rowid());
+            }
+            Ok(ids)
         })
     }
 
-    fn dead_jobs(&self, rule: &str, limit: usize) -> Result<Vec<(i64, String)>> {
-        let conn = self.read();
-        let mut stmt = conn.prepare(
-            "SELECT id, event_id FROM jobs j WHERE rule = ?1 AND state = 'dead'
-               AND NOT EXISTS (SELECT 1 FROM jobs r WHERE r.replay_of = j.id)
-             ORDER BY id LIMIT ?2",
-        )?;
-        let rows = stmt.query_map(params![rule, limit.clamp(1, 100_000) as i64], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })?;
-        Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
+    fn replay_dead(&self, rule: &str, limit: usize, attempts: u32) -> Result<Vec<i64>> {
+        let now = millis(Utc::now());
+        let limit = limit.clamp(1, 100_000) as i64;
+        self.write_now(|tx| {
+            let mut stmt = tx.prepare(
+                "INSERT INTO jobs (event_id, rule, state, max_attempts, run_at, updated_at, replay_of)
+                 SELECT event_id, rule, 'pending', ?3, ?4, ?4, id FROM jobs j
+                 WHERE rule = ?1 AND state = 'dead'
+                   AND NOT EXISTS (SELECT 1 FROM jobs r WHERE r.replay_of = j.id)
+                 ORDER BY id LIMIT ?2
+                 RETURNING id",
+            )?;
+            let rows = stmt.query_map(params![rule, limit, attempts.max(1), now], |r| r.get(0))?;
+            Ok(rows.collect::<std::result::Result<Vec<i64>, _>>()?)
+        })
     }
 
     fn schedule_start(&self, rule: &str, now: DateTime<Utc>) -> Result<ScheduleState> {
@@ -794,7 +801,7 @@ fn stored_run(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRun> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::store::{NewEvent, NewJob, Store};
+    use crate::store::{JobNext, JobState, NewEvent, NewJob, Store, StoredRun};
 
     fn store_with_job(max_attempts: u32) -> SqliteStore {
         let store = SqliteStore::in_memory().unwrap();
@@ -847,6 +854,81 @@ mod tests {
             many <= few + 20,
             "a claim took {few} steps with 10 jobs waiting and {many} with 5,000"
         );
+    }
+
+    /// A store file with `n` dead letters of rule `r`.
+    fn dead_letters(path: &Path, n: usize) -> SqliteStore {
+        let store = SqliteStore::open(path).unwrap();
+        let batch: Vec<NewEvent> = (0..n)
+            .map(|_| NewEvent {
+                event: Event::manual(&serde_json::Map::new()),
+                files: Vec::new(),
+                jobs: vec![NewJob {
+                    rule: "r".into(),
+                    max_attempts: 1,
+                }],
+                dedupe: None,
+            })
+            .collect();
+        store.insert_batch(batch).unwrap();
+        while let Some(job) = store.claim(Duration::from_secs(60)).unwrap() {
+            let run = StoredRun {
+                id: format!("run-{}", job.id),
+                job_id: job.id,
+                event_id: job.event_id.clone(),
+                rule: job.rule.clone(),
+                status: "failed".into(),
+                started_at: Utc::now(),
+                record: serde_json::json!({}),
+            };
+            store.finish(&job, &run, JobNext::Dead).unwrap();
+        }
+        store
+    }
+
+    #[test]
+    fn dead_letters_replayed_at_once_from_two_processes_are_queued_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        drop(dead_letters(&path, 200));
+        let replays: Vec<Vec<i64>> = std::thread::scope(|scope| {
+            let callers: Vec<_> = (0..3)
+                .map(|_| {
+                    let path = path.clone();
+                    scope.spawn(move || {
+                        let store = SqliteStore::open(&path).unwrap();
+                        store.replay_dead("r", 1000, 2).unwrap()
+                    })
+                })
+                .collect();
+            callers.into_iter().map(|c| c.join().unwrap()).collect()
+        });
+        assert_eq!(
+            replays.iter().map(Vec::len).sum::<usize>(),
+            200,
+            "{replays:?}"
+        );
+        // Nothing is left to replay.
+        let store = SqliteStore::open(&path).unwrap();
+        assert!(store.replay_dead("r", 1000, 2).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_replay_has_the_rules_attempts_and_a_stop_on_the_last_one_ends_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dead_letters(&dir.path().join("store.db"), 1);
+        let replayed = store.replay_dead("r", 10, 1).unwrap();
+        assert_eq!(replayed.len(), 1);
+        let job = store.claim(Duration::from_secs(60)).unwrap().unwrap();
+        assert_eq!((job.id, job.attempt, job.max_attempts), (replayed[0], 1, 1));
+        // The service stops (or dies) while the replay runs its last attempt: it is a
+        // dead letter again, not a job that runs at every start.
+        store.requeue_running().unwrap();
+        assert_eq!(store.job_state(job.id).unwrap(), Some(JobState::Dead));
+        // An event replayed for every rule that took it gets each rule's attempts.
+        let again = store.replay_event(&job.event_id, None, &|_| 3).unwrap();
+        let job = store.claim(Duration::from_secs(60)).unwrap().unwrap();
+        assert_eq!((job.id, job.max_attempts), (again[0], 3));
     }
 
     #[test]

@@ -285,7 +285,13 @@ pub fn execute(ctx: &Context, job: Job) {
             Some(ctx.cancel.clone()),
         )
     });
-    let next = next_step(&rule, &job, &outcome);
+    // A run cut short by the end of the grace period ran as long as it could: it does
+    // not count as an attempt, and runs again after the next start.
+    let next = if outcome.status == RunStatus::Failed && ctx.cancel.load(Ordering::SeqCst) {
+        JobNext::Requeue
+    } else {
+        next_step(&rule, &job, &outcome)
+    };
     let record = run_record(&job, &run_id, started_at, &outcome, &session, next);
     match outcome.status {
         RunStatus::Failed => {
@@ -297,6 +303,12 @@ pub fn execute(ctx: &Context, job: Job) {
             match next {
                 JobNext::Retry(at) => {
                     warn!(attempt = job.attempt, retry_at = %at, error = %message, "run failed; retrying")
+                }
+                JobNext::Requeue => {
+                    info!(
+                        attempt = job.attempt,
+                        "run stopped by the shutdown; it runs again after the next start"
+                    )
                 }
                 _ => {
                     warn!(attempt = job.attempt, error = %message, "run failed; the job is a dead letter")
@@ -395,6 +407,7 @@ fn run_record(
         JobNext::Done => json!({"state": "done"}),
         JobNext::Dead => json!({"state": "dead"}),
         JobNext::Retry(at) => json!({"state": "retry", "at": at}),
+        JobNext::Requeue => json!({"state": "requeued"}),
     };
     json!({
         "id": run_id,
