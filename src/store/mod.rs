@@ -284,6 +284,10 @@ pub trait Store: Send + Sync {
     /// Records a run and moves its job on.
     fn finish(&self, job: &Job, run: &StoredRun, next: JobNext) -> Result<()>;
 
+    /// Puts a claimed job back in the queue until `until`, without a run and without
+    /// counting the attempt: for a job that cannot run yet.
+    fn postpone(&self, job_id: i64, until: DateTime<Utc>) -> Result<()>;
+
     /// Puts jobs left running by a previous process back in the queue.
     fn requeue_running(&self) -> Result<u64>;
 

@@ -456,6 +456,19 @@ impl Store for SqliteStore {
         })
     }
 
+    fn postpone(&self, job_id: i64, until: DateTime<Utc>) -> Result<()> {
+        let (now, until) = (millis(Utc::now()), millis(until));
+        self.writer.write(move |conn| {
+            conn.execute(
+                "UPDATE jobs SET state = 'pending', lease_until = NULL, run_at = ?2,
+                        updated_at = ?3, attempts = MAX(attempts - 1, 0)
+                 WHERE id = ?1 AND state = 'running'",
+                params![job_id, until, now],
+            )?;
+            Ok(())
+        })
+    }
+
     fn requeue_running(&self) -> Result<u64> {
         let now = millis(Utc::now());
         self.write_now(|tx| {

@@ -159,6 +159,10 @@ fn claim_and_run(ctx: &Context) {
     }
 }
 
+/// How long a job of a rule that is not loaded waits, while a rule file fails to load,
+/// before it is looked at again.
+const WAIT_FOR_RULE: Duration = Duration::from_secs(60);
+
 /// How long a claim lasts without renewal: a worker that dies lets its job go after this.
 const LEASE: Duration = Duration::from_secs(60);
 
@@ -246,6 +250,16 @@ pub fn execute(ctx: &Context, job: Job) {
         }
     };
     let Some(rule) = rules.get(&job.rule).cloned() else {
+        if rules.has_errors() {
+            // Its file may be one that fails to load: the job waits for it to be mended
+            // (a dead letter would need replaying by hand, job by job).
+            debug!("the rule is not loaded while a rule file fails to load; the job waits");
+            let until = Utc::now() + chrono::Duration::from_std(WAIT_FOR_RULE).unwrap_or_default();
+            if let Err(e) = ctx.store.postpone(job.id, until) {
+                error!(error = %e, "cannot put the job back; it runs again when its lease ends");
+            }
+            return;
+        }
         dead(&format!("rule {} is no longer loaded", job.rule));
         return;
     };
@@ -477,5 +491,87 @@ struct StoreFiles(Arc<dyn Store>);
 impl crate::clients::session::FileSource for StoreFiles {
     fn file_bytes(&self, id: &str) -> Result<Option<bytes::Bytes>, String> {
         self.0.uploaded_file(id).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::clients::embedded::EmbeddedStore;
+    use crate::event::Event;
+    use crate::rules::load;
+    use crate::store::{JobState, NewJob, RunFilter, SqliteStore};
+
+    /// A context over an in-memory store, with the rules of a folder holding `files`.
+    fn context(files: &[(&str, &str)]) -> (Context, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        let report = load::load_dir(dir.path(), &|_| None).unwrap();
+        let rules = RuleSet::from_report(report);
+        let context = Context {
+            store: Arc::new(SqliteStore::in_memory().unwrap()),
+            rules: Arc::new(RwLock::new(Arc::new(rules))),
+            backend: Arc::new(EmbeddedStore::in_memory().unwrap().company("default")),
+            wake: Arc::default(),
+            stopping: Arc::default(),
+            cancel: Arc::default(),
+            metrics: Arc::default(),
+        };
+        (context, dir)
+    }
+
+    /// Stores an event with a job of `rule`, claims it and runs it; returns its id.
+    fn run_job_of(ctx: &Context, rule: &str) -> i64 {
+        let event = Event::manual(&serde_json::Map::new());
+        let job = NewJob {
+            rule: rule.into(),
+            max_attempts: 3,
+        };
+        ctx.store.insert_event(&event, &[], &[job]).unwrap();
+        let job = ctx.store.claim(Duration::from_secs(60)).unwrap().unwrap();
+        let id = job.id;
+        execute(ctx, job);
+        id
+    }
+
+    const OTHER: &str = "name: other\non:\n  webhook: {}\nscript: \"let x = 1;\"\n";
+
+    #[test]
+    fn a_job_whose_rule_file_fails_to_load_waits_instead_of_failing() {
+        let (ctx, _dir) = context(&[("lead.yaml", "name: lead\non: [\n"), ("other.yaml", OTHER)]);
+        let job = run_job_of(&ctx, "lead");
+        assert_eq!(ctx.store.job_state(job).unwrap(), Some(JobState::Pending));
+        // Not run, and the attempt not counted: claimed again later, it is attempt 1.
+        let runs = ctx
+            .store
+            .runs(&RunFilter {
+                limit: 10,
+                ..RunFilter::default()
+            })
+            .unwrap();
+        assert!(runs.is_empty(), "{runs:?}");
+        assert!(
+            ctx.store.claim(Duration::from_secs(60)).unwrap().is_none(),
+            "due in a minute, not now"
+        );
+    }
+
+    #[test]
+    fn a_job_whose_rule_is_gone_while_every_file_loads_is_a_dead_letter() {
+        let (ctx, _dir) = context(&[("other.yaml", OTHER)]);
+        let job = run_job_of(&ctx, "lead");
+        assert_eq!(ctx.store.job_state(job).unwrap(), Some(JobState::Dead));
+        let runs = ctx
+            .store
+            .runs(&RunFilter {
+                limit: 10,
+                ..RunFilter::default()
+            })
+            .unwrap();
+        let message = runs[0].record["error"]["message"].as_str().unwrap_or("");
+        assert!(message.contains("no longer loaded"), "{message}");
     }
 }
