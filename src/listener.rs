@@ -15,16 +15,13 @@ use tokio::net::TcpListener;
 use tower::ServiceExt;
 use tracing::{debug, warn};
 
-/// How long requests in flight get to finish once the listener stops.
-const DRAIN: Duration = Duration::from_secs(30);
-
-/// Serves `router` on `listener` until `stop` completes, then waits (at most
-/// [`DRAIN`]) for the requests in flight. Handlers see the sender's address as
-/// `ConnectInfo<SocketAddr>`.
+/// Serves `router` on `listener` until `stop` completes, then waits at most `drain` for
+/// the requests in flight. Handlers see the sender's address as `ConnectInfo<SocketAddr>`.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     header_timeout: Duration,
+    drain: Duration,
     stop: impl Future<Output = ()>,
 ) {
     // HTTP/1.1 alone: webhook senders speak it, and guessing the protocol from the first
@@ -63,13 +60,13 @@ pub async fn serve(
         });
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN, graceful.shutdown())
+    if tokio::time::timeout(drain, graceful.shutdown())
         .await
         .is_err()
     {
         warn!(
             "requests still in flight after {} s are dropped",
-            DRAIN.as_secs()
+            drain.as_secs()
         );
     }
 }

@@ -27,6 +27,10 @@ pub fn router(app: Arc<AppState>) -> Router {
         .with_state(app)
 }
 
+/// The least time requests in flight get to finish at a stop, whatever the grace period:
+/// an event stored and not yet answered would be sent again.
+const MIN_DRAIN: Duration = Duration::from_secs(2);
+
 /// Opens the data folder: the store, whose writes are grouped into commits as told,
 /// and the embedded clients in the same file.
 pub fn open_data(
@@ -54,6 +58,7 @@ pub fn open_data(
 
 /// Runs the service until SIGINT or SIGTERM.
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let signal = shutdown_signal();
     // A token set to nothing is a mistake (an unset secret in a deployment), and taken
     // as given it would lock every caller out.
     if settings
@@ -167,47 +172,69 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let address = listener.local_addr()?;
     info!(address = %address, data = %settings.workspace.data.display(), "listening");
 
-    crate::listener::serve(
+    // At the signal the listener stops taking connections and the workers stop taking
+    // jobs, both at once: requests in flight and running jobs share the grace period.
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        signal.await;
+        let _ = stop.send(true);
+    });
+    let stopped = |mut stopping: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stopping.wait_for(|stop| *stop).await;
+    };
+    let grace = Duration::from_secs(settings.shutdown_grace);
+    let http = crate::listener::serve(
         listener,
         router(app),
         settings.header_timeout,
-        shutdown_signal(),
-    )
-    .await;
-
-    info!(
-        "stopping: running jobs get {} s to finish",
-        settings.shutdown_grace
+        grace.max(MIN_DRAIN),
+        stopped(stopping.clone()),
     );
-    scheduler.shutdown().await;
-    pruner.abort();
-    let grace = Duration::from_secs(settings.shutdown_grace);
-    tokio::task::spawn_blocking(move || pool.shutdown(grace)).await?;
+    let jobs = async {
+        stopped(stopping).await;
+        info!(
+            "stopping: requests in flight and running jobs get {} s to finish",
+            settings.shutdown_grace
+        );
+        scheduler.shutdown().await;
+        pruner.abort();
+        tokio::task::spawn_blocking(move || pool.shutdown(grace)).await
+    };
+    let ((), jobs) = tokio::join!(http, jobs);
+    jobs?;
     drop(lock);
     let (writes, commits) = sqlite.writes_and_commits();
     info!(writes, commits, "stopped");
     Ok(())
 }
 
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
+/// Listens for SIGINT and SIGTERM from the moment it is called (so that a signal during
+/// start-up is not lost); the future completes at the first of them.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let interrupt = signal(SignalKind::interrupt()).ok();
+        let terminate = signal(SignalKind::terminate()).ok();
+        async move {
+            let received = |s: Option<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                () = received(interrupt) => {},
+                () = received(terminate) => {},
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = terminate => {},
     }
 }

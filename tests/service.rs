@@ -859,3 +859,35 @@ fn validate_accepts_the_shipped_rules_with_a_one_line_summary() {
     assert!(lines[0].contains(": ok"), "{stdout}");
     assert!(!stderr.contains("error"), "{stderr}");
 }
+
+#[tokio::test]
+async fn a_stalled_upload_does_not_hold_up_the_stop_past_the_grace_period() {
+    use tokio::io::AsyncWriteExt;
+    let data = data_dir();
+    let rules = rules_dir(&[("quick.yaml", QUICK_RULE)]);
+    let mut service = Service::start(
+        rules.path(),
+        data.path(),
+        &["--shutdown-grace", "2", "--body-timeout", "60s"],
+        &[],
+    );
+    // A sender that starts a body and goes quiet.
+    let mut stalled = tokio::net::TcpStream::connect(service.addr).await.unwrap();
+    stalled
+        .write_all(
+            b"POST /hooks/quick HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+              Content-Length: 100\r\n\r\n{\"email\":",
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let status = service.terminate(WAIT);
+    assert!(status.success(), "{status}:\n{}", service.logs());
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "the stop took {:?}:\n{}",
+        started.elapsed(),
+        service.logs()
+    );
+}

@@ -92,7 +92,8 @@ async fn ready(State(app): State<Arc<AppState>>) -> Response {
     let store = app.store.clone();
     match tokio::task::spawn_blocking(move || store.ping()).await {
         Ok(Ok(())) => "ready\n".into_response(),
-        _ => error_response(StatusCode::SERVICE_UNAVAILABLE, "the store does not answer"),
+        Ok(Err(e)) => error_response(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(_) => error_response(StatusCode::SERVICE_UNAVAILABLE, "the store does not answer"),
     }
 }
 

@@ -86,6 +86,10 @@ CREATE TABLE IF NOT EXISTS schedule_state (
     skipped_overlap INTEGER NOT NULL DEFAULT 0,
     skipped_missed INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS store_health (
+    id INTEGER PRIMARY KEY,
+    checked_at INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS run_clients (
     run_id TEXT NOT NULL,
     client_id TEXT NOT NULL,
@@ -547,8 +551,20 @@ impl Store for SqliteStore {
     }
 
     fn ping(&self) -> Result<()> {
-        let conn = self.read();
-        conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?;
+        self.read()
+            .query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?;
+        // After a failed commit (a full disk, say) the store is ready again only once a
+        // commit goes through: this one, or any other.
+        if self.writer.failure().is_some() {
+            let now = millis(Utc::now());
+            self.writer.write(move |conn| {
+                conn.execute(
+                    "INSERT OR REPLACE INTO store_health (id, checked_at) VALUES (1, ?1)",
+                    [now],
+                )?;
+                Ok(())
+            })?;
+        }
         Ok(())
     }
 

@@ -51,6 +51,8 @@ struct Counts {
     submitted: AtomicU64,
     /// Commits made.
     commits: AtomicU64,
+    /// Why the last commit failed, until one succeeds.
+    failure: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for Writer {
@@ -97,6 +99,11 @@ impl Writer {
             self.counts.commits.load(Ordering::Relaxed),
         )
     }
+    /// Why the last commit failed, when it did and none has succeeded since.
+    pub fn failure(&self) -> Option<String> {
+        lock_failure(&self.counts).clone()
+    }
+
     /// The writing connection, for a transaction of its own outside the group commits
     /// (one that borrows what a write on the writer thread cannot).
     pub fn lock(&self) -> MutexGuard<'_, Connection> {
@@ -126,6 +133,10 @@ fn op<T: Send + 'static>(
         });
         (ok, reply)
     })
+}
+
+fn lock_failure(counts: &Counts) -> MutexGuard<'_, Option<String>> {
+    counts.failure.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn lock(conn: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
@@ -159,6 +170,7 @@ fn commit_group(conn: &mut Connection, group: Vec<Op>, counts: &Counts) -> bool 
         Ok(tx) => tx,
         Err(e) => {
             error!(error = %e, writes = group.len(), "cannot begin a store transaction");
+            *lock_failure(counts) = Some(e.to_string());
             refuse(group, &e.to_string());
             return false;
         }
@@ -191,6 +203,7 @@ fn commit_group(conn: &mut Connection, group: Vec<Op>, counts: &Counts) -> bool 
     if committed {
         counts.commits.fetch_add(1, Ordering::Relaxed);
     }
+    *lock_failure(counts) = outcome.as_ref().err().cloned();
     for reply in replies {
         reply(outcome.clone());
     }
@@ -286,17 +299,24 @@ mod tests {
         conn.busy_timeout(std::time::Duration::ZERO).unwrap();
         let (a, a_answer) = mpsc::sync_channel(1);
         let (b, b_answer) = mpsc::sync_channel(1);
+        let counts = Counts::default();
         assert!(!commit_group(
             &mut conn,
             vec![op(insert(1), a), op(insert(2), b)],
-            &Counts::default()
+            &counts
         ));
+        assert!(lock_failure(&counts).is_some(), "the failure is kept");
         for answer in [a_answer, b_answer] {
             let e = answer.recv().unwrap().unwrap_err();
             assert!(matches!(e, StoreError::Commit(_)), "{e}");
         }
         holder.execute_batch("ROLLBACK").unwrap();
         assert!(rows(&conn).is_empty());
+        // The next commit that goes through clears it.
+        let (c, c_answer) = mpsc::sync_channel(1);
+        assert!(commit_group(&mut conn, vec![op(insert(3), c)], &counts));
+        assert_eq!(c_answer.recv().unwrap().unwrap(), 3);
+        assert!(lock_failure(&counts).is_none());
     }
 
     /// Queues `n` writes from as many threads while the connection is busy, then lets
