@@ -872,14 +872,16 @@ async fn a_stalled_upload_does_not_hold_up_the_stop_past_the_grace_period() {
         &[],
     );
     // A sender that starts a body and goes quiet.
-    let mut stalled = tokio::net::TcpStream::connect(service.addr).await.unwrap();
+    let mut stalled = tokio::net::TcpStream::connect(service.addr)
+        .await
+        .expect("cannot connect");
     stalled
         .write_all(
             b"POST /hooks/quick HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
               Content-Length: 100\r\n\r\n{\"email\":",
         )
         .await
-        .unwrap();
+        .expect("cannot send");
     tokio::time::sleep(Duration::from_millis(200)).await;
     let started = Instant::now();
     let status = service.terminate(WAIT);
