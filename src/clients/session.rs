@@ -314,6 +314,21 @@ fn same_phone(a: &str, b: &str) -> bool {
         || (b.len() > a.len() && b.ends_with(a) && a.len() >= 7)
 }
 
+/// Whether a client holds every text field given (phones compared as phones).
+fn same_fields(client: &Client, fields: &Map<String, Value>) -> bool {
+    fields.iter().all(|(key, value)| {
+        let Some(given) = value.as_str() else {
+            return true;
+        };
+        let held = client.str_attr(key).unwrap_or("");
+        if key.ends_with("phone") {
+            same_phone(held, given)
+        } else {
+            text::normalize_label(held) == text::normalize_label(given)
+        }
+    })
+}
+
 /// The last four digits of a phone: found in a stored phone however it was written,
 /// `(303) 555-0122` or `+13035550122`, so a full-text search narrows without missing.
 fn phone_needle(phone: &str) -> Option<String> {
@@ -766,7 +781,7 @@ impl Session {
                     fingerprint("create", "", &fields),
                     email.is_some(),
                     send,
-                    || self.settle_create(call, email.as_deref(), send),
+                    || self.settle_create(call, &fields, send),
                 )?
             }
             Mode::Plan => {
@@ -808,34 +823,59 @@ impl Session {
     }
 
     /// A create that an earlier attempt was sending when it was cut off: the client is
-    /// looked up by its email and sent again only when it is not there. Without an email
-    /// there is no telling, and it is not sent again.
+    /// looked up (by its email, else by its phone with every other given field equal)
+    /// and sent again only when it is not there. When there is no telling (no email or
+    /// phone, or a client with the phone but other details), it is not sent again.
     fn settle_create(
         &self,
         call: &'static str,
-        email: Option<&str>,
+        fields: &Map<String, Value>,
         send: impl FnOnce() -> Result<Client, SessionError>,
     ) -> Result<Client, SessionError> {
-        let email = email.map(text::normalize_email).filter(|e| !e.is_empty());
-        let Some(email) = email else {
-            return Err(SessionError::Api {
-                call,
-                error: ApiError {
-                    operation: "create",
-                    status: None,
-                    detail: "an earlier attempt of this job was stopped while creating this \
-                             client, and without an email there is no looking it up: it was \
-                             not sent again; check the clients, then replay the event"
-                        .into(),
-                    pointer: None,
-                    transient: false,
-                },
-            });
+        let given = |key: &str| {
+            fields
+                .get(key)
+                .and_then(Value::as_str)
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
         };
-        match self.find_by_email_inner(call, &email)? {
-            Some(client) => Ok(client),
-            None => send(),
+        if let Some(email) = given("email").map(text::normalize_email) {
+            return match self.find_by_email_inner(call, &email)? {
+                Some(client) => Ok(client),
+                None => send(),
+            };
         }
+        let cannot_tell = |why: &str| SessionError::Api {
+            call,
+            error: ApiError {
+                operation: "create",
+                status: None,
+                detail: format!(
+                    "an earlier attempt of this job was stopped while creating this client, and \
+                     {why}: it was not sent again; check the clients, then replay the event"
+                ),
+                pointer: None,
+                transient: false,
+            },
+        };
+        let Some(phone) = given("phone") else {
+            return Err(cannot_tell(
+                "without an email or a phone there is no looking it up",
+            ));
+        };
+        let query = SearchQuery {
+            phone: Some(phone.to_owned()),
+            limit: 100,
+            ..SearchQuery::default()
+        };
+        let found = self.search_inner(call, &query)?;
+        if found.is_empty() {
+            return send();
+        }
+        found
+            .into_iter()
+            .find(|client| same_fields(client, fields))
+            .ok_or_else(|| cannot_tell("a client with its phone but other details exists"))
     }
 
     fn check_changes(&self, call: &'static str, id: Option<&str>) -> Result<(), SessionError> {

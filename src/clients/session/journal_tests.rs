@@ -161,22 +161,58 @@ fn a_create_cut_off_before_it_was_sent_is_sent_by_the_retry() {
     assert_eq!(clients(&backend), 1);
 }
 
-#[test]
-fn a_create_without_email_cut_off_is_not_sent_again_and_says_why() {
-    let backend = backend();
+/// The first attempt of a create that stops before its result is recorded; returns
+/// the journal, as the retry finds it.
+fn cut_off_create(backend: &Arc<Counting>, client: &Value) -> Arc<Journal> {
     let journal = Arc::new(Journal::default());
-    let phone_only = json!({"first_name": "Pat", "phone": "+13035550111"});
     journal.lose_results.store(true, Ordering::SeqCst);
-    attempt(&backend, &journal)
-        .create(fields(phone_only.clone()))
+    attempt(backend, &journal)
+        .create(fields(client.clone()))
         .unwrap();
     journal.lose_results.store(false, Ordering::SeqCst);
+    journal
+}
+
+#[test]
+fn a_create_without_email_cut_off_is_found_by_its_phone_and_details() {
+    let backend = backend();
+    let pat = json!({"first_name": "Pat", "phone": "+13035550111"});
+    let journal = cut_off_create(&backend, &pat);
+    attempt(&backend, &journal).create(fields(pat)).unwrap();
+    assert_eq!(backend.creates.load(Ordering::SeqCst), 1);
+    assert_eq!(clients(&backend), 1);
+}
+
+#[test]
+fn a_create_that_cannot_be_looked_up_is_not_sent_again_and_says_why() {
+    // No email and no phone.
+    let backend = backend();
+    let first_only = json!({"first_name": "Pat"});
+    let journal = cut_off_create(&backend, &first_only);
     let error = attempt(&backend, &journal)
-        .create(fields(phone_only))
+        .create(fields(first_only))
         .unwrap_err();
     assert!(!error.is_transient(), "{error}");
     assert!(error.to_string().contains("not sent again"), "{error}");
     assert_eq!(backend.creates.load(Ordering::SeqCst), 1);
+    // A phone that another client holds with other details: there is no telling.
+    let backend = self::backend();
+    let pat = json!({"first_name": "Pat", "phone": "+13035550111"});
+    let journal = cut_off_create(&backend, &pat);
+    backend
+        .inner
+        .update(
+            &backend
+                .inner
+                .list(&ListQuery::first_page())
+                .unwrap()
+                .clients[0]
+                .id,
+            &fields(json!({"first_name": "Patricia"})),
+        )
+        .unwrap();
+    let error = attempt(&backend, &journal).create(fields(pat)).unwrap_err();
+    assert!(error.to_string().contains("other details"), "{error}");
     assert_eq!(clients(&backend), 1);
 }
 
