@@ -823,9 +823,10 @@ impl Session {
     }
 
     /// A create that an earlier attempt was sending when it was cut off: the client is
-    /// looked up (by its email, else by its phone with every other given field equal)
-    /// and sent again only when it is not there. When there is no telling (no email or
-    /// phone, or a client with the phone but other details), it is not sent again.
+    /// looked up (by its email, else by its phone with every other given field equal:
+    /// the attempt stopped at the create, so nothing of its own changed the client since)
+    /// and sent again only when it is not there. Without an email or a phone there is no
+    /// telling, and it is not sent again.
     fn settle_create(
         &self,
         call: &'static str,
@@ -869,13 +870,10 @@ impl Session {
             ..SearchQuery::default()
         };
         let found = self.search_inner(call, &query)?;
-        if found.is_empty() {
-            return send();
+        match found.into_iter().find(|client| same_fields(client, fields)) {
+            Some(client) => Ok(client),
+            None => send(),
         }
-        found
-            .into_iter()
-            .find(|client| same_fields(client, fields))
-            .ok_or_else(|| cannot_tell("a client with its phone but other details exists"))
     }
 
     fn check_changes(&self, call: &'static str, id: Option<&str>) -> Result<(), SessionError> {
