@@ -19,6 +19,12 @@
 //! | [`text`] | normalization of emails, names, tags and phones |
 //! | [`time`] | dates as forms send them: parsing, formatting, counting days |
 
+/// jemalloc counts what each thread allocates and frees: what `limits.max_memory` of a
+/// script run is measured with (`script::memory`).
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 pub mod admin;
 pub mod app;
 pub mod backtest;

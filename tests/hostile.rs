@@ -351,3 +351,91 @@ async fn reading_a_rule_file_does_not_reload_the_rules() {
         .count();
     assert_eq!(reloads, 1, "{}", service.logs());
 }
+
+/// A rule whose script keeps 300 strings of about 3.9 MB alive at once: about 1.2 GB
+/// when nothing stops it, past the address space the test gives the service.
+fn hoarding_rule() -> String {
+    let mut script = String::from(
+        "  let base = \"x\";\n  for i in 0..21 { base += base; }\n  base += base.sub_string(0, 1800000);\n",
+    );
+    for i in 1..=300 {
+        script.push_str(&format!("  let v{i} = base + \"{i}\";\n"));
+    }
+    format!(
+        "name: hoard\non:\n  webhook: {{}}\nscript: |\n{script}limits:\n  max_memory: 64MiB\n  timeout: 60s\n"
+    )
+}
+
+const LIGHT: &str = r#"name: light
+on:
+  webhook: {}
+script: |
+  log::info("still here");
+"#;
+
+/// `serve` with one worker under `ulimit -v`: a run that allocated without bound would
+/// end the service, never the machine, and the test would see it gone.
+fn serve_in_bounded_address_space(rules: &std::path::Path, data: &std::path::Path) -> Service {
+    // The script threads' stacks are reserved address space (512 MiB each, see
+    // `script::run`); about 2.4 GiB leaves room for them and for a few hundred MiB of
+    // data, not for the hoard.
+    const ADDRESS_SPACE_KIB: u32 = 2_500_000;
+    let binary = common::command();
+    let mut command = std::process::Command::new("sh");
+    command
+        .arg("-c")
+        .arg(format!(
+            "ulimit -v {ADDRESS_SPACE_KIB} && exec \"$0\" \"$@\""
+        ))
+        .arg(binary.get_program())
+        .args(["serve", "--listen", "127.0.0.1:0", "--workers", "1"])
+        .arg("--rules")
+        .arg(rules)
+        .arg("--data")
+        .arg(data)
+        .env("CLIENTRULES_LOG", "info")
+        .stdin(std::process::Stdio::null());
+    for (key, value) in binary.get_envs() {
+        match value {
+            Some(value) => command.env(key, value),
+            None => command.env_remove(key),
+        };
+    }
+    let mut service = Service::spawn(command);
+    service.data = data.to_path_buf();
+    service
+}
+
+#[tokio::test]
+async fn a_script_holding_too_much_memory_fails_on_max_memory_while_the_service_keeps_answering() {
+    let hoard = hoarding_rule();
+    let rules = rules_dir(&[("hoard.yaml", &hoard), ("light.yaml", LIGHT)]);
+    let data = data_dir();
+    let service = serve_in_bounded_address_space(rules.path(), data.path());
+
+    service.accept_json("/hooks/hoard", "{}").await;
+    let runs = service.wait_for_runs("rule=hoard", 1).await;
+    let run = &runs[0];
+    assert_eq!(run["status"], "failed", "{run:#}");
+    assert_eq!(run["error"]["limit"], "max_memory", "{run:#}");
+    let message = run["error"]["message"].as_str().unwrap_or("");
+    assert!(
+        message.starts_with("limit max_memory reached: the script held more than 64MiB"),
+        "{run:#}"
+    );
+    // A limit is no transient failure: the job is not tried again.
+    assert_eq!(run["next"]["state"], "dead", "{run:#}");
+
+    // The service is still up, answers, and runs the next rule.
+    let health = service
+        .http
+        .get(service.url("/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    service.accept_json("/hooks/light", "{}").await;
+    let runs = service.wait_for_runs("rule=light", 1).await;
+    assert_eq!(runs[0]["status"], "succeeded", "{:#}", runs[0]);
+    assert_eq!(service.runs("rule=hoard").await.len(), 1, "not retried");
+}

@@ -56,6 +56,11 @@ fn the_schema_refuses_what_the_loader_refuses() {
     let validator = jsonschema::validator_for(&schema()).unwrap();
     let good = "name: lead\non:\n  webhook:\n    path: /hooks/lead\nscript: |\n  let x = 1;\n";
     assert!(validator.is_valid(&yaml(good)));
+    for size in ["64MiB", "512KiB", "1GiB", "'1048576'", "2 GB"] {
+        let limited = format!("{good}limits:\n  max_memory: {size}\n");
+        let problems = violations(&validator, &yaml(&limited));
+        assert!(problems.is_empty(), "max_memory: {size}: {problems:#?}");
+    }
 
     let refused = [
         (
@@ -74,6 +79,14 @@ fn the_schema_refuses_what_the_loader_refuses() {
         (
             "a wrong type",
             format!("{good}limits:\n  max_api_calls: lots\n"),
+        ),
+        (
+            "a memory size that is no size",
+            format!("{good}limits:\n  max_memory: lots\n"),
+        ),
+        (
+            "a memory size in an unknown unit",
+            format!("{good}limits:\n  max_memory: 2TB\n"),
         ),
         (
             "an unknown algorithm",

@@ -184,6 +184,8 @@ pub struct LimitsSpec {
     pub max_operations: Option<u64>,
     #[serde(default)]
     pub max_changes: Option<u32>,
+    #[serde(default)]
+    pub max_memory: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
@@ -271,6 +273,7 @@ pub const ALL_KEYS: &[&str] = &[
     "max_api_calls",
     "max_operations",
     "max_changes",
+    "max_memory",
     "attempts",
     "backoff",
     "given",

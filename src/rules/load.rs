@@ -728,6 +728,23 @@ impl Loader {
         if let Some(n) = spec.max_changes {
             limits.max_changes = Some(n);
         }
+        if let Some(text) = &spec.max_memory {
+            const MIN: u64 = 1 << 20;
+            const MAX: u64 = 16 << 30;
+            let pos = spans.value_or_parent("limits.max_memory");
+            match crate::script::memory::parse_size(text) {
+                Ok(bytes) if (MIN..=MAX).contains(&bytes) => limits.max_memory = bytes,
+                Ok(_) => {
+                    self.error(
+                        pos,
+                        format!("expected a memory size from 1MiB to 16GiB, found {text:?}"),
+                    );
+                }
+                Err(e) => {
+                    self.error(pos, e);
+                }
+            }
+        }
         limits
     }
 
@@ -1560,6 +1577,38 @@ mod tests {
             "name: lead\non:\n  webhook: {}\nlimits:\n  max_api_calls: 0\nscript: \"let x = 1;\"\n",
         );
         assert!(d.message.contains("from 1 to"), "{}", d.message);
+    }
+
+    #[test]
+    fn max_memory_is_a_size_within_bounds() {
+        let (rule, errors) = load_text(GOOD);
+        assert!(errors.is_empty(), "{errors:#?}");
+        assert_eq!(rule.unwrap().limits.max_memory, 256 << 20);
+        let with = |size: &str| {
+            format!(
+                "name: lead\non:\n  webhook: {{}}\nlimits:\n  max_memory: {size}\nscript: \"let x = 1;\"\n"
+            )
+        };
+        let (rule, errors) = load_text(&with("64MiB"));
+        assert!(errors.is_empty(), "{errors:#?}");
+        assert_eq!(rule.unwrap().limits.max_memory, 64 << 20);
+        let (rule, _) = load_text(&with("2GiB"));
+        assert_eq!(rule.unwrap().limits.max_memory, 2 << 30);
+
+        let d = only_error(&with("512KiB"));
+        assert_eq!((d.line, d.column), (5, 15));
+        assert!(
+            d.message.contains("from 1MiB to 16GiB, found \"512KiB\""),
+            "{}",
+            d.message
+        );
+        let d = only_error(&with("32GiB"));
+        assert!(d.message.contains("from 1MiB to 16GiB"), "{}", d.message);
+        let d = only_error(&with("lots"));
+        assert_eq!((d.line, d.column), (5, 15));
+        assert!(d.message.contains("such as 64MiB"), "{}", d.message);
+        let d = only_error(&with("64TB"));
+        assert!(d.message.contains("KiB, MiB or GiB"), "{}", d.message);
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub struct Limits {
     pub max_operations: u64,
     /// The most clients one run may change; `None` for no limit.
     pub max_changes: Option<u32>,
+    /// The most memory, in bytes, a run may hold at once.
+    pub max_memory: u64,
 }
 
 impl Default for Limits {
@@ -39,6 +41,7 @@ impl Default for Limits {
             max_api_calls: 100,
             max_operations: 5_000_000,
             max_changes: None,
+            max_memory: 256 << 20,
         }
     }
 }

@@ -170,6 +170,16 @@ pub fn rule_file_schema() -> Value {
     }
     describe(
         &mut schema,
+        &format!("{defs}/LimitsSpec/properties"),
+        "max_memory",
+        json!({
+            "description": "The most memory a run may hold at once, such as 64MiB, 512KiB \
+                            or 1GiB (from 1MiB to 16GiB); default 256MiB.",
+            "pattern": "^\\s*[0-9]+\\s*([KkMmGg]([Ii]?[Bb])?|[Bb])?\\s*$",
+        }),
+    );
+    describe(
+        &mut schema,
         &format!("{defs}/ExpectSpec/properties"),
         "status",
         json!({
@@ -209,6 +219,7 @@ mod tests {
             "/definitions/HmacSpec/properties/algorithm/enum",
             "/definitions/ScheduleSpec/properties/cron/description",
             "/definitions/LimitsSpec/properties/timeout/pattern",
+            "/definitions/LimitsSpec/properties/max_memory/pattern",
             "/definitions/ExpectSpec/properties/status/enum",
             "/definitions/WebhookSpec/properties/path/pattern",
         ] {

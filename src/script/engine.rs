@@ -9,6 +9,7 @@ use rhai::module_resolvers::DummyModuleResolver;
 use rhai::packages::{Package, StandardPackage};
 use rhai::{Dynamic, Engine, EvalAltResult, Map, Shared};
 
+use super::memory::{self, Meter};
 use super::{LogLine, Stop};
 use crate::clients::session::Session;
 use crate::rules::Limits;
@@ -26,6 +27,29 @@ const MAX_FUNCTIONS: usize = 200;
 /// How often, in operations, the wall clock is read.
 const CLOCK_EVERY: u64 = 512;
 
+/// The most memory one evaluation of an ingest expression (`dedupe`) may hold.
+pub const MAX_EXPRESSION_MEMORY: u64 = 64 << 20;
+
+thread_local! {
+    /// What the expression evaluated on this thread holds since it started; set by
+    /// [`with_expression_meter`] for the length of one evaluation.
+    static EXPRESSION_METER: std::cell::Cell<Option<Meter>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f`, an evaluation on the [`expressions`] engine, with its memory measured from
+/// now against [`MAX_EXPRESSION_MEMORY`].
+pub(crate) fn with_expression_meter<T>(f: impl FnOnce() -> T) -> T {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            EXPRESSION_METER.with(|m| m.set(None));
+        }
+    }
+    EXPRESSION_METER.with(|m| m.set(Meter::start()));
+    let _reset = Reset;
+    f()
+}
+
 /// The limits of one run.
 #[derive(Debug, Clone)]
 pub struct Sandbox {
@@ -33,6 +57,9 @@ pub struct Sandbox {
     pub deadline: Instant,
     /// Set when the service stops: the run ends at the next operation.
     pub cancel: Option<Arc<AtomicBool>>,
+    /// What the run's thread holds since the run started, checked against
+    /// `limits.max_memory` at every operation; `None` where memory cannot be measured.
+    pub memory: Option<Meter>,
 }
 
 /// Settings every engine shares, for compiling and for running.
@@ -82,6 +109,11 @@ pub fn expressions() -> &'static Engine {
         engine.register_global_module(standard().clone());
         configure(&mut engine);
         engine.set_max_operations(100_000);
+        let max_memory = i64::try_from(MAX_EXPRESSION_MEMORY).unwrap_or(i64::MAX);
+        engine.on_progress(move |_| {
+            let meter = EXPRESSION_METER.with(std::cell::Cell::get)?;
+            (meter.grown() > max_memory).then(|| token(&memory_stop(max_memory)))
+        });
         super::modules::register_pure(&mut engine);
         engine
     })
@@ -98,7 +130,16 @@ pub fn build(sandbox: &Sandbox, session: Arc<Session>, logs: Arc<Mutex<Vec<LogLi
     let deadline = sandbox.deadline;
     let timeout = sandbox.limits.timeout;
     let cancel = sandbox.cancel.clone();
+    let meter = sandbox.memory;
+    let max_memory = i64::try_from(sandbox.limits.max_memory).unwrap_or(i64::MAX);
     engine.on_progress(move |ops| {
+        // Every operation: one operation can allocate megabytes (a string of the
+        // largest size), so checking every few would let a run overshoot by as many.
+        if let Some(meter) = &meter
+            && meter.grown() > max_memory
+        {
+            return Some(token(&memory_stop(max_memory)));
+        }
         if ops % CLOCK_EVERY != 0 {
             return None;
         }
@@ -118,6 +159,16 @@ pub fn build(sandbox: &Sandbox, session: Arc<Session>, logs: Arc<Mutex<Vec<LogLi
 
     super::modules::register(&mut engine, session, logs);
     engine
+}
+
+fn memory_stop(max_memory: i64) -> Stop {
+    Stop::Limit {
+        limit: "max_memory".into(),
+        message: format!(
+            "limit max_memory reached: the script held more than {} of memory",
+            memory::format_size(max_memory.unsigned_abs())
+        ),
+    }
 }
 
 pub(crate) fn push_log(logs: &Mutex<Vec<LogLine>>, level: &'static str, text: &str) {

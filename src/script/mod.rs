@@ -4,6 +4,7 @@
 pub mod convert;
 pub mod engine;
 pub mod helpers;
+pub mod memory;
 pub mod modules;
 
 use std::path::PathBuf;
@@ -126,7 +127,10 @@ pub fn eval_key(expression: &Compiled, event: &Value) -> Result<Option<String>, 
     let mut scope = Scope::new();
     scope.push_constant_dynamic("event", convert::to_dynamic(event));
     scope.push_constant_dynamic("vars", Dynamic::UNIT);
-    match engine::expressions().eval_ast_with_scope::<Dynamic>(&mut scope, &expression.ast) {
+    let evaluated = engine::with_expression_meter(|| {
+        engine::expressions().eval_ast_with_scope::<Dynamic>(&mut scope, &expression.ast)
+    });
+    match evaluated {
         Ok(value) if value.is_unit() => Ok(None),
         Ok(value) if value.is_string() || value.is_int() || value.is_float() => {
             let key = value.to_string();
@@ -136,7 +140,23 @@ pub fn eval_key(expression: &Compiled, event: &Value) -> Result<Option<String>, 
             "expected a string or a number, found {}",
             value.type_name()
         )),
-        Err(e) => Err(engine::plain_message(&e)),
+        Err(e) => match terminated_by_limit(&e) {
+            Some(message) => Err(message),
+            None => Err(engine::plain_message(&e)),
+        },
+    }
+}
+
+/// The message of a limit that ended an evaluation, wherever it was raised (inside a
+/// closure the termination comes wrapped in the call).
+fn terminated_by_limit(e: &EvalAltResult) -> Option<String> {
+    match e {
+        EvalAltResult::ErrorInFunctionCall(_, _, inner, _) => terminated_by_limit(inner),
+        EvalAltResult::ErrorTerminated(token, _) => match engine::stop_of(token)? {
+            Stop::Limit { message, .. } => Some(message),
+            _ => None,
+        },
+        _ => None,
     }
 }
 
@@ -298,11 +318,15 @@ fn run_here(
     cancel: Option<Arc<AtomicBool>>,
 ) -> Outcome {
     let started = Instant::now();
+    // Before anything of the run is allocated: the engine, the event's copy and every
+    // value the script makes count against `limits.max_memory`.
+    let memory = memory::Meter::start();
     let logs = Arc::new(Mutex::new(Vec::new()));
     let sandbox = engine::Sandbox {
         limits: rule.limits,
         deadline: started + rule.limits.timeout,
         cancel,
+        memory,
     };
     session.set_deadline(sandbox.deadline);
     let engine = engine::build(&sandbox, session.clone(), logs.clone());
@@ -519,5 +543,129 @@ fn only_call_of(ast: &AST, message: &str) -> Option<Position> {
     match found.as_slice() {
         [one] => Some(*one),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::fmt::Write as _;
+
+    use super::*;
+    use crate::clients::Backend;
+    use crate::clients::embedded::EmbeddedStore;
+    use crate::clients::session::Mode;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    /// A rule whose script builds a string of 2 MiB, then `strings` variables of about
+    /// 3.9 MB each, all alive until the end, under `limits.max_memory: {max_memory}`.
+    fn hoarding_rule(strings: usize, max_memory: &str) -> Rule {
+        let mut script = String::from(
+            "  let base = \"x\";\n  for i in 0..21 { base += base; }\n  base += base.sub_string(0, 1800000);\n",
+        );
+        for i in 1..=strings {
+            let _ = writeln!(script, "  let v{i} = base + \"{i}\";");
+        }
+        let _ = writeln!(script, "  log::info(`held ${{v{strings}.len()}}`);");
+        let text = format!(
+            "name: hoard\non:\n  webhook: {{}}\nscript: |\n{script}limits:\n  max_memory: {max_memory}\n  timeout: 60s\n"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hoard.yaml");
+        std::fs::write(&path, text).unwrap();
+        let (loaded, diagnostics) = crate::rules::load_file(&path, &no_env);
+        loaded
+            .unwrap_or_else(|| panic!("the rule loads: {diagnostics:#?}"))
+            .rule
+    }
+
+    fn run_rule(rule: &Rule) -> Outcome {
+        let store = EmbeddedStore::in_memory().unwrap();
+        let backend: Arc<dyn Backend> = Arc::new(store.company("default"));
+        let session = Arc::new(Session::new(
+            backend,
+            Mode::Live,
+            rule.limits.max_api_calls,
+            rule.limits.max_changes,
+        ));
+        run(rule, &serde_json::json!({ "body": {} }), session, None)
+    }
+
+    #[test]
+    fn a_script_holding_more_than_max_memory_fails_naming_the_limit() {
+        // 300 strings of 3.9 MB: about 1.2 GB if nothing stopped it.
+        let rule = hoarding_rule(300, "64MiB");
+        assert_eq!(rule.limits.max_memory, 64 << 20);
+        let outcome = run_rule(&rule);
+        assert_eq!(outcome.status, RunStatus::Failed, "{outcome:#?}");
+        let error = outcome.error.unwrap();
+        assert_eq!(error.limit.as_deref(), Some("max_memory"), "{error}");
+        assert!(
+            error
+                .message
+                .starts_with("limit max_memory reached: the script held more than 64MiB"),
+            "{error}"
+        );
+        assert!(!outcome.retryable, "a limit is not worth a retry");
+        // Stopped at the `let` that crossed 64 MiB: the 17th string or so, far from the
+        // 300th. The script starts on line 5 of the file, its `let`s on line 8.
+        let line = error.line.unwrap();
+        assert!((8 + 10..8 + 20).contains(&line), "stopped at line {line}");
+    }
+
+    #[test]
+    fn a_script_under_max_memory_succeeds() {
+        // 10 strings of 3.9 MB: about 40 MB.
+        let outcome = run_rule(&hoarding_rule(10, "64MiB"));
+        assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:#?}");
+        assert_eq!(
+            outcome.logs[0].message,
+            format!("held {}", 2_097_152 + 1_800_000 + 2)
+        );
+    }
+
+    fn expression(text: &str) -> Compiled {
+        let origin = Origin {
+            file: PathBuf::from("rule.yaml"),
+            line_offset: 0,
+            column_offset: 0,
+            source: Arc::from(text),
+        };
+        compile_expression(text, origin).unwrap()
+    }
+
+    #[test]
+    fn a_dedupe_expression_holding_too_much_memory_fails_naming_the_limit() {
+        // 300 copies of a 1 MiB field: about 300 MB if nothing stopped it.
+        let event = serde_json::json!({
+            "body": { "text": "x".repeat(1 << 20), "items": vec![0; 300] },
+        });
+        let hoard = expression("(event.body.items + []).map(|i| event.body.text + i).len()");
+        let error = eval_key(&hoard, &event).unwrap_err();
+        assert!(
+            error.starts_with("limit max_memory reached: the script held more than 64MiB"),
+            "{error}"
+        );
+        // The same on 3 items holds about 3 MB: allowed.
+        let event = serde_json::json!({
+            "body": { "text": "x".repeat(1 << 20), "items": vec![0; 3] },
+        });
+        assert_eq!(eval_key(&hoard, &event).unwrap().as_deref(), Some("3"));
+    }
+
+    #[test]
+    fn the_default_limit_stops_a_script_on_a_worker_thread_too() {
+        let mut rule = hoarding_rule(300, "64MiB");
+        rule.limits = crate::rules::Limits::default();
+        let outcome = with_script_stack(std::thread::Builder::new(), move || run_rule(&rule))
+            .unwrap()
+            .join()
+            .unwrap();
+        let error = outcome.error.unwrap();
+        assert_eq!(error.limit.as_deref(), Some("max_memory"), "{error}");
+        assert!(error.message.contains("256MiB"), "{error}");
     }
 }
