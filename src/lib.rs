@@ -38,6 +38,7 @@ pub mod script;
 pub mod server;
 pub mod settings;
 pub mod sim;
+pub mod size;
 pub mod store;
 pub mod text;
 pub mod time;

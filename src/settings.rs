@@ -42,7 +42,7 @@ pub struct Settings {
     pub workers: usize,
 
     /// Largest webhook body accepted, in bytes, or with a KiB or MiB suffix.
-    #[arg(long, env = "CLIENTRULES_BODY_LIMIT", default_value = "1MiB", value_parser = parse_size)]
+    #[arg(long, env = "CLIENTRULES_BODY_LIMIT", default_value = "1MiB", value_parser = parse_body_limit)]
     pub body_limit: usize,
 
     /// How long a connection has to send a request's headers, from when it opens or
@@ -192,27 +192,17 @@ fn parse_phone_region(text: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Parses `1048576`, `512KiB`, `1MiB` (and `KB`/`MB` as the same binary units).
-pub fn parse_size(text: &str) -> Result<usize, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (digits, unit) = t.split_at(split);
-    let n: usize = digits
-        .parse()
-        .map_err(|_| format!("expected a size such as 1048576, 512KiB or 1MiB, found {text:?}"))?;
-    let factor = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1024,
-        "m" | "mb" | "mib" => 1024 * 1024,
-        _ => {
-            return Err(format!(
-                "expected a size unit of KiB or MiB, found {unit:?}"
-            ));
-        }
-    };
-    n.checked_mul(factor)
-        .filter(|n| *n > 0)
-        .ok_or_else(|| format!("expected a positive size, found {text:?}"))
+/// A body limit: a size such as `1048576`, `512KiB` or `1MiB`, above zero and at most
+/// 1GiB (bodies are held in memory while they are stored).
+pub fn parse_body_limit(text: &str) -> Result<usize, String> {
+    let bytes = crate::size::parse(text)?;
+    if bytes == 0 {
+        return Err(format!("expected a size above zero, found {text:?}"));
+    }
+    if bytes > 1 << 30 {
+        return Err(format!("expected a size of at most 1GiB, found {text:?}"));
+    }
+    usize::try_from(bytes).map_err(|_| format!("the size {text:?} is too large"))
 }
 
 #[cfg(test)]
@@ -229,11 +219,11 @@ mod tests {
 
     #[test]
     fn sizes_parse_with_units() {
-        assert_eq!(parse_size("1MiB").unwrap(), 1 << 20);
-        assert_eq!(parse_size("512KiB").unwrap(), 512 * 1024);
-        assert_eq!(parse_size("100").unwrap(), 100);
-        assert!(parse_size("lots").is_err());
-        assert!(parse_size("0").is_err());
-        assert!(parse_size("5GB").is_err());
+        assert_eq!(parse_body_limit("1MiB").unwrap(), 1 << 20);
+        assert_eq!(parse_body_limit("512KiB").unwrap(), 512 * 1024);
+        assert_eq!(parse_body_limit("100").unwrap(), 100);
+        assert!(parse_body_limit("lots").is_err());
+        assert!(parse_body_limit("0").is_err());
+        assert!(parse_body_limit("5GB").is_err());
     }
 }

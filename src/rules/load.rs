@@ -732,7 +732,7 @@ impl Loader {
             const MIN: u64 = 1 << 20;
             const MAX: u64 = 16 << 30;
             let pos = spans.value_or_parent("limits.max_memory");
-            match crate::script::memory::parse_size(text) {
+            match crate::size::parse(text) {
                 Ok(bytes) if (MIN..=MAX).contains(&bytes) => limits.max_memory = bytes,
                 Ok(_) => {
                     self.error(

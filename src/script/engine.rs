@@ -9,7 +9,7 @@ use rhai::module_resolvers::DummyModuleResolver;
 use rhai::packages::{Package, StandardPackage};
 use rhai::{Dynamic, Engine, EvalAltResult, Map, Shared};
 
-use super::memory::{self, Meter};
+use super::memory::Meter;
 use super::{LogLine, Stop};
 use crate::clients::session::Session;
 use crate::rules::Limits;
@@ -166,7 +166,7 @@ fn memory_stop(max_memory: i64) -> Stop {
         limit: "max_memory".into(),
         message: format!(
             "limit max_memory reached: the script held more than {} of memory",
-            memory::format_size(max_memory.unsigned_abs())
+            crate::size::format(max_memory.unsigned_abs())
         ),
     }
 }

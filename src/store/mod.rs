@@ -312,8 +312,9 @@ pub trait Store: Send + Sync {
     /// The writes a job recorded in earlier attempts, in sequence order.
     fn journal(&self, job_id: i64) -> Result<Vec<JournalEntry>>;
 
-    /// Records one write of a job: as intended before it is sent, with its result as
-    /// soon as it succeeded.
+    /// Records one write of a job: as intended before it is sent (on disk when this
+    /// returns), then with its result as soon as it succeeded (on disk no later than the
+    /// job's next record or its end).
     fn record_write(&self, job_id: i64, entry: &JournalEntry) -> Result<()>;
 
     /// Forgets an intended write that was refused: it made no change.

@@ -592,22 +592,33 @@ impl Store for SqliteStore {
             serde_json::to_string(&entry.result).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let (sequence, fingerprint) = (entry.sequence, entry.fingerprint.clone());
         let done = entry.result.is_some();
-        self.writer.write(move |conn| {
+        let write = move |conn: &Connection| {
             conn.prepare_cached(
                 "INSERT OR REPLACE INTO journal (job_id, sequence, fingerprint, result, done)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
             .execute(params![job_id, sequence, fingerprint, result, done])?;
             Ok(())
-        })
+        };
+        // An intent must be on disk before its write is sent. A result need not: lost
+        // in a crash, it leaves the intent, which the retry settles; it is committed
+        // with the next write that is waited for (the job's next intent, or its end).
+        if done {
+            self.writer.write_behind(write);
+            Ok(())
+        } else {
+            self.writer.write(write)
+        }
     }
 
     fn forget_write(&self, job_id: i64, sequence: u32) -> Result<()> {
-        self.writer.write(move |conn| {
+        // Lost in a crash, the intent is settled by the retry.
+        self.writer.write_behind(move |conn| {
             conn.prepare_cached("DELETE FROM journal WHERE job_id = ?1 AND sequence = ?2")?
                 .execute(params![job_id, sequence])?;
             Ok(())
-        })
+        });
+        Ok(())
     }
 
     fn replay_event(

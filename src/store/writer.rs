@@ -92,6 +92,17 @@ impl Writer {
         answered.recv().map_err(|_| stopped())?
     }
 
+    /// Hands `write` to the next group commit without waiting for it: for a write whose
+    /// loss in a crash is made up for otherwise. Writes are committed in the order they
+    /// are handed over, so a later write that is waited for covers this one too. A
+    /// failure is logged.
+    pub fn write_behind(&self, write: impl FnOnce(&Connection) -> Result<()> + Send + 'static) {
+        let (answer, _) = mpsc::sync_channel::<Result<()>>(1);
+        if self.queue.send(op(write, answer)).is_ok() {
+            self.counts.submitted.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Writes submitted and commits made so far.
     pub fn counts(&self) -> (u64, u64) {
         (
