@@ -177,7 +177,7 @@ async fn a_service_reports_each_scheduled_rule_with_its_next_tick() {
     let form = rules.iter().find(|r| r["name"] == "contact-form").unwrap();
     assert!(form["schedule"].is_null());
     assert!(
-        service.logs().contains("schedule started"),
+        service.wait_for_log("schedule started").await,
         "{}",
         service.logs()
     );

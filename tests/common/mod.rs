@@ -341,6 +341,19 @@ impl Service {
             .join("\n")
     }
 
+    /// Waits (at most [`WAIT`]) for a line of the log that contains `text`: the log is
+    /// read from the service's output as it comes, a little after the service wrote it.
+    pub async fn wait_for_log(&self, text: &str) -> bool {
+        let deadline = std::time::Instant::now() + WAIT;
+        while std::time::Instant::now() < deadline {
+            if self.logs().contains(text) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
