@@ -44,3 +44,4 @@ pub mod text;
 pub mod time;
 pub mod triggers;
 pub mod worker;
+pub mod write_turn;

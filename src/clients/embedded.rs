@@ -35,6 +35,7 @@ use super::{
     READ_ONLY, SortKey, json_depth, refuse_email_change,
 };
 use crate::text;
+use crate::write_turn::Turn;
 
 /// How long a write waits for another connection's lock before it gives up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -128,6 +129,8 @@ pub enum EmbeddedError {
 pub struct EmbeddedStore {
     conn: Arc<Mutex<Connection>>,
     image_base: Arc<str>,
+    /// The file's write turn, shared with the service's store; none in memory.
+    turn: Option<Turn>,
 }
 
 /// A client's stored image, as it was uploaded.
@@ -170,7 +173,9 @@ impl EmbeddedStore {
             .map_err(open_error)?;
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(open_error)?;
-        EmbeddedStore::with_connection(conn)
+        let mut store = EmbeddedStore::with_connection(conn)?;
+        store.turn = Some(Turn::for_file(path));
+        Ok(store)
     }
 
     /// A store in memory, gone when the last handle is dropped: for tests and dry runs.
@@ -190,6 +195,7 @@ impl EmbeddedStore {
         Ok(EmbeddedStore {
             conn: Arc::new(Mutex::new(conn)),
             image_base: Arc::from(DEFAULT_IMAGE_BASE),
+            turn: None,
         })
     }
 
@@ -228,6 +234,7 @@ impl EmbeddedStore {
             conn: Arc::clone(&self.conn),
             company: Arc::from(company),
             image_base: Arc::clone(&self.image_base),
+            turn: self.turn.clone(),
         }
     }
 }
@@ -238,6 +245,7 @@ pub struct EmbeddedBackend {
     conn: Arc<Mutex<Connection>>,
     company: Arc<str>,
     image_base: Arc<str>,
+    turn: Option<Turn>,
 }
 
 impl fmt::Debug for EmbeddedBackend {
@@ -259,6 +267,7 @@ impl EmbeddedBackend {
     /// and is returned, its detail prefixed with the item's index.
     pub fn create_many(&self, items: &[Map<String, Value>]) -> Result<Vec<Client>, ApiError> {
         const OP: &str = "create";
+        let _turn = self.write_turn();
         let mut conn = self.lock();
         let tx = write_transaction(&mut conn, OP)?;
         let now = Utc::now();
@@ -278,6 +287,7 @@ impl EmbeddedBackend {
     /// API never change: the simulator calls this after it has kept an uploaded image.
     pub fn set_image_url(&self, id: &str, url: Option<&str>) -> Result<Client, ApiError> {
         const OP: &str = "update";
+        let _turn = self.write_turn();
         let mut conn = self.lock();
         let tx = write_transaction(&mut conn, OP)?;
         let current = load(&tx, &self.company, id, OP)?.ok_or_else(|| not_found(OP, id))?;
@@ -304,6 +314,11 @@ impl EmbeddedBackend {
     fn lock(&self) -> MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// The file's write turn (before the connection), for a write transaction.
+    fn write_turn(&self) -> Option<MutexGuard<'_, ()>> {
+        self.turn.as_ref().map(Turn::take)
+    }
 }
 
 impl Backend for EmbeddedBackend {
@@ -319,6 +334,7 @@ impl Backend for EmbeddedBackend {
 
     fn create(&self, attributes: &Map<String, Value>) -> Result<Client, ApiError> {
         const OP: &str = "create";
+        let _turn = self.write_turn();
         let mut conn = self.lock();
         let tx = write_transaction(&mut conn, OP)?;
         let client = create_in(&tx, &self.company, attributes, Utc::now())?;
@@ -330,6 +346,7 @@ impl Backend for EmbeddedBackend {
         const OP: &str = "update";
         refuse_email_change(OP, attributes)?;
         let changes = clean(OP, attributes)?;
+        let _turn = self.write_turn();
         let mut conn = self.lock();
         let tx = write_transaction(&mut conn, OP)?;
         let current = load(&tx, &self.company, id, OP)?.ok_or_else(|| not_found(OP, id))?;
@@ -401,6 +418,7 @@ impl Backend for EmbeddedBackend {
             utf8_percent_encode(image.filename(), PATH_SEGMENT)
         );
         {
+            let _turn = self.write_turn();
             let mut conn = self.lock();
             let tx = write_transaction(&mut conn, OP)?;
             let current = load(&tx, &self.company, id, OP)?.ok_or_else(|| not_found(OP, id))?;

@@ -16,6 +16,7 @@ use super::{
     writer::{Grouping, Writer},
 };
 use crate::event::Event;
+use crate::write_turn::Turn;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS events (
@@ -224,6 +225,7 @@ impl SqliteStore {
         };
         let conn = open()?;
         setup(&conn, true)?;
+        let turn = Some(Turn::for_file(path));
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
             let reader = open()?;
@@ -231,23 +233,24 @@ impl SqliteStore {
             reader.pragma_update(None, "query_only", true)?;
             readers.push(Mutex::new(reader));
         }
-        Self::start(conn, readers, grouping)
+        Self::start(conn, readers, grouping, turn)
     }
 
     /// A store that lives in memory, for tests and dry runs.
     pub fn in_memory() -> Result<SqliteStore> {
         let conn = Connection::open_in_memory()?;
         setup(&conn, false)?;
-        Self::start(conn, Vec::new(), Grouping::Shared)
+        Self::start(conn, Vec::new(), Grouping::Shared, None)
     }
 
     fn start(
         conn: Connection,
         readers: Vec<Mutex<Connection>>,
         grouping: Grouping,
+        turn: Option<Turn>,
     ) -> Result<SqliteStore> {
         Ok(SqliteStore {
-            writer: Writer::start(Arc::new(Mutex::new(conn)), grouping)?,
+            writer: Writer::start(Arc::new(Mutex::new(conn)), grouping, turn)?,
             readers,
             next_reader: AtomicUsize::new(0),
             last_sweep: AtomicI64::new(0),
@@ -282,7 +285,7 @@ impl SqliteStore {
     /// Runs `f` in a transaction of its own on the writing connection, outside the group
     /// commits: for the rare writes that borrow what the writer thread cannot take.
     fn write_now<T>(&self, f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>) -> Result<T> {
-        let mut conn = self.writer.lock();
+        let (_turn, mut conn) = self.writer.lock_to_write();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let out = f(&tx)?;
         tx.commit()?;

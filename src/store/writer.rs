@@ -13,6 +13,7 @@ use rusqlite::{Connection, Transaction, TransactionBehavior};
 use tracing::error;
 
 use super::{Result, StoreError};
+use crate::write_turn::Turn;
 
 /// The most writes one commit holds.
 const MAX_GROUP: usize = 1024;
@@ -42,6 +43,8 @@ pub struct Writer {
     queue: SyncSender<Op>,
     conn: Arc<Mutex<Connection>>,
     counts: Arc<Counts>,
+    /// The file's write turn, taken before the connection; none in memory.
+    turn: Option<Turn>,
 }
 
 /// What the writer has done.
@@ -62,20 +65,35 @@ impl std::fmt::Debug for Writer {
 }
 
 impl Writer {
-    /// Starts the writer thread over the connection that writes.
-    pub fn start(conn: Arc<Mutex<Connection>>, grouping: Grouping) -> Result<Writer> {
+    /// Starts the writer thread over the connection that writes, which takes the
+    /// file's write `turn` (if any) for each commit.
+    pub fn start(
+        conn: Arc<Mutex<Connection>>,
+        grouping: Grouping,
+        turn: Option<Turn>,
+    ) -> Result<Writer> {
         let (queue, inbox) = mpsc::sync_channel(QUEUE);
         let thread_conn = conn.clone();
         let counts = Arc::new(Counts::default());
         let thread_counts = counts.clone();
+        let thread_turn = turn.clone();
         std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || run(&thread_conn, &inbox, grouping, &thread_counts))
+            .spawn(move || {
+                run(
+                    &thread_conn,
+                    &inbox,
+                    grouping,
+                    &thread_counts,
+                    thread_turn.as_ref(),
+                )
+            })
             .map_err(|e| StoreError::Stopped(format!("cannot start the store writer: {e}")))?;
         Ok(Writer {
             queue,
             conn,
             counts,
+            turn,
         })
     }
 
@@ -97,6 +115,9 @@ impl Writer {
     /// are handed over, so a later write that is waited for covers this one too. A
     /// failure is logged.
     pub fn write_behind(&self, write: impl FnOnce(&Connection) -> Result<()> + Send + 'static) {
+        let write = move |conn: &Connection| {
+            write(conn).inspect_err(|e| error!(error = %e, "a write made in the background failed"))
+        };
         let (answer, _) = mpsc::sync_channel::<Result<()>>(1);
         if self.queue.send(op(write, answer)).is_ok() {
             self.counts.submitted.fetch_add(1, Ordering::Relaxed);
@@ -110,13 +131,21 @@ impl Writer {
             self.counts.commits.load(Ordering::Relaxed),
         )
     }
+
     /// Why the last commit failed, when it did and none has succeeded since.
     pub fn failure(&self) -> Option<String> {
         lock_failure(&self.counts).clone()
     }
 
     /// The writing connection, for a transaction of its own outside the group commits
-    /// (one that borrows what a write on the writer thread cannot).
+    /// (one that borrows what a write on the writer thread cannot), with the file's
+    /// write turn, held as long as the connection.
+    pub fn lock_to_write(&self) -> (Option<MutexGuard<'_, ()>>, MutexGuard<'_, Connection>) {
+        let turn = self.turn.as_ref().map(Turn::take);
+        (turn, lock(&self.conn))
+    }
+
+    /// The writing connection, for reading through it (a store in memory has no other).
     pub fn lock(&self) -> MutexGuard<'_, Connection> {
         lock(&self.conn)
     }
@@ -155,7 +184,13 @@ fn lock(conn: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
     conn.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn run(conn: &Mutex<Connection>, inbox: &Receiver<Op>, grouping: Grouping, counts: &Counts) {
+fn run(
+    conn: &Mutex<Connection>,
+    inbox: &Receiver<Op>,
+    grouping: Grouping,
+    counts: &Counts,
+    turn: Option<&Turn>,
+) {
     let limit = match grouping {
         Grouping::Shared => MAX_GROUP,
         Grouping::Alone => 1,
@@ -163,6 +198,7 @@ fn run(conn: &Mutex<Connection>, inbox: &Receiver<Op>, grouping: Grouping, count
     // Wait for the first write; once the connection is free, take every other one
     // waiting by then.
     while let Ok(first) = inbox.recv() {
+        let _turn = turn.map(Turn::take);
         let mut conn = lock(conn);
         let mut group = vec![first];
         while group.len() < limit {
@@ -333,7 +369,8 @@ mod tests {
     /// Queues `n` writes from as many threads while the connection is busy, then lets
     /// them run; returns the writer's counts once every write is answered.
     fn queued_while_busy(grouping: Grouping, n: i64) -> (u64, u64) {
-        let writer = Arc::new(Writer::start(Arc::new(Mutex::new(table())), grouping).unwrap());
+        let writer =
+            Arc::new(Writer::start(Arc::new(Mutex::new(table())), grouping, None).unwrap());
         let busy = writer.lock();
         let threads: Vec<_> = (0..n)
             .map(|k| {

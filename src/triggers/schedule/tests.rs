@@ -42,7 +42,10 @@ fn rules(specs: &[(&str, &str)]) -> RuleSet {
 }
 
 fn open(path: &Path) -> Arc<dyn Store> {
-    Arc::new(SqliteStore::open(path).unwrap())
+    Arc::new(
+        SqliteStore::open(path)
+            .unwrap_or_else(|e| panic!("cannot open the store {}: {e}", path.display())),
+    )
 }
 
 fn state(store: &dyn Store, rule: &str) -> ScheduleState {
