@@ -58,7 +58,7 @@ pub fn apply(command: Command, path: &std::path::Path) -> Result<Command, String
     let known = settings_of(&command);
     let mut command = command;
     for entry in entries {
-        if entry.name == "spectora-api-key" || entry.name == "api-key" {
+        if entry.name.ends_with("api-key") {
             return Err(format!(
                 "{}: the API key is read from SPECTORA_API_KEY in the environment only, so that it never sits in a file",
                 at(entry.line)
@@ -94,35 +94,64 @@ pub fn apply(command: Command, path: &std::path::Path) -> Result<Command, String
         for value in &entry.values {
             check_value(arg, value).map_err(|reason| {
                 format!(
-                    "{}: `{}`: invalid value {value:?}: {reason}",
+                    "{}: `{}`: invalid value {value:?}: {reason}{}",
                     at(entry.line),
-                    entry.name
+                    entry.name,
+                    expected(arg)
                 )
             })?;
         }
-        let id = arg.get_id().clone();
-        let values = entry.values.clone();
-        let subcommands: Vec<String> = command
-            .get_subcommands()
-            .filter(|c| !NOT_FROM_FILE.contains(&c.get_name()))
-            .filter(|c| c.get_arguments().any(|a| a.get_id() == &id))
-            .map(|c| c.get_name().to_owned())
-            .collect();
-        for name in subcommands {
-            let values = values.clone();
-            let id = id.clone();
-            command = command.mut_subcommand(name, move |sub| {
-                sub.mut_arg(id, move |arg| {
+        command = with_default(command, arg.get_id(), &entry.values);
+    }
+    Ok(command)
+}
+
+/// Makes `values` the default of the argument `id` in every subcommand that has it, at
+/// any depth (`clients list` as well as `serve`).
+fn with_default(command: Command, id: &clap::Id, values: &[String]) -> Command {
+    let names: Vec<String> = command
+        .get_subcommands()
+        .filter(|c| !NOT_FROM_FILE.contains(&c.get_name()))
+        .map(|c| c.get_name().to_owned())
+        .collect();
+    let mut command = command;
+    for name in names {
+        command = command.mut_subcommand(name, |sub| {
+            let has = sub.get_arguments().any(|a| a.get_id() == id);
+            let sub = if has {
+                sub.mut_arg(id.clone(), |arg| {
                     if values.len() == 1 {
                         arg.default_value(values[0].clone())
                     } else {
-                        arg.default_values(values)
+                        arg.default_values(values.to_vec())
                     }
                 })
-            });
-        }
+            } else {
+                sub
+            };
+            with_default(sub, id, values)
+        });
     }
-    Ok(command)
+    command
+}
+
+/// What a setting takes, for a message: its values, or its default as an example.
+fn expected(arg: &clap::Arg) -> String {
+    let possible: Vec<String> = arg
+        .get_possible_values()
+        .iter()
+        .map(|v| v.get_name().to_owned())
+        .collect();
+    if !possible.is_empty() {
+        return format!("; expected one of: {}", possible.join(", "));
+    }
+    match arg.get_default_values().first() {
+        Some(default) => format!(
+            "; for example `{}` (the default)",
+            default.to_string_lossy()
+        ),
+        None => String::new(),
+    }
 }
 
 /// Parses `value` as the flag would, and says why it does not fit.
@@ -189,7 +218,7 @@ fn entries(text: &str) -> Result<Vec<Entry>, (usize, String)> {
         let Some(key) = key.as_str() else {
             return Err((1, format!("expected setting names, found {}", kind(&key))));
         };
-        let name = key.trim().replace('_', "-");
+        let name = key.trim().to_lowercase().replace('_', "-");
         let line = line_of(text, key);
         let values = match value {
             Value::Sequence(items) => items
@@ -335,6 +364,30 @@ mod tests {
         // An empty file sets nothing.
         let settings = serve_settings(parse("", &["clientrules", "serve"]).unwrap());
         assert_eq!(settings.workers, 4);
+    }
+
+    #[test]
+    fn nested_commands_take_the_file_too_and_keys_ignore_case() {
+        let cli = parse(
+            "DATA: /srv/clientrules\n",
+            &["clientrules", "clients", "list"],
+        )
+        .unwrap();
+        match cli.command {
+            Sub::Clients { command } => match command {
+                crate::cli::ClientsCommand::List { workspace, .. } => {
+                    assert_eq!(workspace.data, PathBuf::from("/srv/clientrules"));
+                }
+                other => panic!("expected clients list, got {other:?}"),
+            },
+            other => panic!("expected clients, got {other:?}"),
+        }
+        let e = parse("SPECTORA_API_KEY: abc\n", &["clientrules", "serve"]).unwrap_err();
+        assert!(e.contains("environment only"), "{e}");
+        let e = parse("watch-rules: maybe\n", &["clientrules", "serve"]).unwrap_err();
+        assert!(e.contains("expected one of: true, false"), "{e}");
+        let e = parse("workers: four\n", &["clientrules", "serve"]).unwrap_err();
+        assert!(e.contains("for example `4` (the default)"), "{e}");
     }
 
     #[test]

@@ -38,7 +38,7 @@ pub struct Settings {
     pub listen: SocketAddr,
 
     /// Worker threads that run rules.
-    #[arg(long, env = "CLIENTRULES_WORKERS", default_value_t = 4)]
+    #[arg(long, env = "CLIENTRULES_WORKERS", default_value_t = 4, value_parser = parse_workers)]
     pub workers: usize,
 
     /// Largest webhook body accepted, in bytes, or with a KiB or MiB suffix.
@@ -174,6 +174,15 @@ impl Workspace {
 fn parse_net(text: &str) -> Result<ipnet::IpNet, String> {
     crate::rules::load::parse_net(text)
         .ok_or_else(|| format!("expected an IP address or a CIDR range, found {text:?}"))
+}
+
+/// A number of worker threads, from 1 to 256.
+fn parse_workers(text: &str) -> Result<usize, String> {
+    text.trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|n| (1..=256).contains(n))
+        .ok_or_else(|| format!("expected a whole number from 1 to 256, found {text:?}"))
 }
 
 /// A duration such as `10s` or `2m` that is more than nothing.

@@ -191,7 +191,9 @@ pub struct LimitsSpec {
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetrySpec {
+    /// Runs a job gets, the first included: 1 to 50 (default 5).
     #[serde(default)]
+    #[schemars(range(min = 1, max = 50))]
     pub attempts: Option<u32>,
     #[serde(default)]
     pub backoff: Option<String>,

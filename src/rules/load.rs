@@ -134,7 +134,10 @@ pub fn load_file(path: &Path, env: EnvLookup<'_>) -> (Option<Loaded>, Vec<Diagno
         removed: Vec::new(),
     };
     let loaded = loader.load(&text, env);
-    (loaded, loader.diagnostics)
+    // In the order of the file, as a reader goes through it.
+    let mut diagnostics = loader.diagnostics;
+    diagnostics.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
+    (loaded, diagnostics)
 }
 
 struct Loader {

@@ -441,6 +441,10 @@ fn describe_error(
             }
             Some(Stop::Fail(reason)) => error.message = format!("fail: {reason}"),
             Some(Stop::Limit { limit, message }) => {
+                // Out of time before an API request could be sent.
+                if limit == "timeout" {
+                    outcome.retryable = mostly_waiting(session, sandbox.limits.timeout);
+                }
                 error.message = message;
                 error.limit = Some(limit);
             }
@@ -450,6 +454,7 @@ fn describe_error(
                     humantime::format_duration(after)
                 );
                 error.limit = Some("timeout".into());
+                outcome.retryable = mostly_waiting(session, after);
             }
             Some(Stop::Cancelled) => {
                 error.message = "the run was stopped because the service is shutting down".into();
@@ -489,6 +494,14 @@ fn describe_error(
         error.message = format!("in function `{name}`: {}", error.message);
     }
     error
+}
+
+/// Whether a run that timed out spent most of its time waiting for the API (a slow or
+/// rate-limited API, retries of its failures): then the timeout is the API's, and the
+/// job is tried again later. A script that loops spends little of it so, and is not.
+fn mostly_waiting(session: &Session, timeout: std::time::Duration) -> bool {
+    let waited: u64 = session.calls().iter().map(|c| c.millis).sum();
+    u128::from(waited) * 2 >= timeout.as_millis()
 }
 
 /// The text of an error as the run record shows it, before any prefix.
@@ -592,6 +605,76 @@ mod tests {
             rule.limits.max_changes,
         ));
         run(rule, &serde_json::json!({ "body": {} }), session, None)
+    }
+
+    /// A backend whose reads take 400 ms, as a slow or rate-limited API's would.
+    struct SlowApi(crate::clients::embedded::EmbeddedBackend);
+
+    impl Backend for SlowApi {
+        fn list(
+            &self,
+            query: &crate::clients::ListQuery,
+        ) -> Result<crate::clients::Page, crate::clients::ApiError> {
+            std::thread::sleep(std::time::Duration::from_millis(400));
+            self.0.list(query)
+        }
+        fn get(
+            &self,
+            id: &str,
+        ) -> Result<Option<crate::clients::Client>, crate::clients::ApiError> {
+            self.0.get(id)
+        }
+        fn create(
+            &self,
+            fields: &serde_json::Map<String, serde_json::Value>,
+        ) -> Result<crate::clients::Client, crate::clients::ApiError> {
+            self.0.create(fields)
+        }
+        fn update(
+            &self,
+            id: &str,
+            fields: &serde_json::Map<String, serde_json::Value>,
+        ) -> Result<crate::clients::Client, crate::clients::ApiError> {
+            self.0.update(id, fields)
+        }
+        fn name(&self) -> &'static str {
+            "slow"
+        }
+    }
+
+    fn timed_rule(script: &str) -> Rule {
+        let text = format!(
+            "name: timed\non:\n  webhook: {{}}\nscript: |\n  {script}\nlimits:\n  timeout: 1s\n  max_operations: 10000000000\n"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("timed.yaml");
+        std::fs::write(&path, text).unwrap();
+        let (loaded, diagnostics) = crate::rules::load_file(&path, &no_env);
+        loaded
+            .unwrap_or_else(|| panic!("the rule loads: {diagnostics:#?}"))
+            .rule
+    }
+
+    #[test]
+    fn a_timeout_spent_waiting_for_the_api_is_retried_and_one_spent_looping_is_not() {
+        let rule = timed_rule("for i in 0..10 { clients::search(#{ fulltext: \"x\" }); }");
+        let backend = SlowApi(EmbeddedStore::in_memory().unwrap().company("default"));
+        let session = Arc::new(Session::new(Arc::new(backend), Mode::Live, 100, None));
+        let outcome = run(&rule, &serde_json::json!({ "body": {} }), session, None);
+        let error = outcome.error.clone().unwrap();
+        assert_eq!(error.limit.as_deref(), Some("timeout"), "{outcome:#?}");
+        assert!(
+            outcome.retryable,
+            "the API's slowness is worth a retry: {outcome:#?}"
+        );
+
+        let outcome = run_rule(&timed_rule("loop { }"));
+        let error = outcome.error.clone().unwrap();
+        assert_eq!(error.limit.as_deref(), Some("timeout"), "{outcome:#?}");
+        assert!(
+            !outcome.retryable,
+            "a script that loops fails the same way again"
+        );
     }
 
     #[test]

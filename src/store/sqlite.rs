@@ -136,6 +136,12 @@ const CLAIM: &str = concat!(
      RETURNING id, event_id, rule, attempts, max_attempts, replay_of"
 );
 
+/// Whether a job is due, or has a lease that ran out with attempts left: what [`CLAIM`]
+/// would take, without the rule of one running tick job at a time.
+const ANY_DUE: &str = "SELECT EXISTS (SELECT 1 FROM jobs WHERE state = 'pending' AND run_at <= ?1)
+    OR EXISTS (SELECT 1 FROM jobs WHERE state = 'running' AND lease_until < ?1
+               AND attempts < max_attempts)";
+
 /// How often expired last attempts are swept into dead letters.
 const SWEEP_EVERY_MS: i64 = 5_000;
 
@@ -377,6 +383,17 @@ impl Store for SqliteStore {
         let sweep = now.saturating_sub(last) >= SWEEP_EVERY_MS;
         if sweep {
             self.last_sweep.store(now, Ordering::Relaxed);
+        }
+        // An idle service's workers look for jobs twice a second each: a read tells
+        // whether there is one to claim, and takes no turn at writing when there is not.
+        if !sweep {
+            let due: bool = self
+                .read()
+                .prepare_cached(ANY_DUE)?
+                .query_row([now], |r| r.get(0))?;
+            if !due {
+                return Ok(None);
+            }
         }
         self.writer.write(move |conn| {
             if sweep {
