@@ -52,8 +52,9 @@ pub enum Command {
     },
     /// Check rule files and report every problem.
     Validate {
-        /// Folder of rule files (default: the rules setting).
+        /// A folder of rule files, or one rule file (default: --rules).
         dir: Option<PathBuf>,
+        /// Folder of rule files.
         #[arg(long, env = "CLIENTRULES_RULES", default_value = "./rules")]
         rules: PathBuf,
     },
@@ -61,6 +62,7 @@ pub enum Command {
     Test {
         /// Rule files or folders (default: the rules setting).
         paths: Vec<PathBuf>,
+        /// Folder of rule files.
         #[arg(long, env = "CLIENTRULES_RULES", default_value = "./rules")]
         rules: PathBuf,
         /// The region of phones written without a country code.
@@ -102,6 +104,7 @@ pub enum Command {
         /// Print a JSON array of `{rule, local, utc, ...}`.
         #[arg(long)]
         json: bool,
+        /// Folder of rule files.
         #[arg(long, env = "CLIENTRULES_RULES", default_value = "./rules")]
         rules: PathBuf,
     },
@@ -264,7 +267,12 @@ fn replay(
         use crate::store::Store as _;
         let jobs = store.replay_event(&event, rule.as_deref(), &|r| rules.attempts_of(r))?;
         if jobs.is_empty() {
+            let known = store.event(&event).ok().flatten().is_some();
             match &rule {
+                Some(rule) if known => bail!(
+                    "rule {rule} never took event {event}: only a rule that took an event \
+                     runs it again (its checks never passed on it)"
+                ),
                 Some(rule) => bail!(
                     "no event {event} in {} to replay for rule {rule}",
                     workspace.data.display()
@@ -343,8 +351,13 @@ pub fn run_command(command: Command) -> anyhow::Result<ExitCode> {
 }
 
 fn validate(dir: &Path) -> anyhow::Result<ExitCode> {
-    let report = load::load_dir(dir, &load::process_env)
-        .with_context(|| format!("cannot read the rules folder {}", dir.display()))?;
+    // A folder of rule files, or one file.
+    let report = if dir.is_file() {
+        load::load_paths(&[dir.to_owned()], &load::process_env)
+    } else {
+        load::load_dir(dir, &load::process_env)
+            .with_context(|| format!("cannot read the rules folder {}", dir.display()))?
+    };
     let files = report.files;
     let set = RuleSet::from_report(report);
     let mut err = std::io::stderr().lock();

@@ -55,17 +55,23 @@ pub fn load_dir(dir: &Path, env: EnvLookup<'_>) -> std::io::Result<LoadReport> {
         .filter(|p| is_rule_file(p))
         .collect();
     paths.sort();
+    Ok(load_paths(&paths, env))
+}
+
+/// Loads the given rule files, in the order given.
+pub fn load_paths(paths: &[PathBuf], env: EnvLookup<'_>) -> LoadReport {
     let mut report = LoadReport::default();
     for path in paths {
+        let path = path.as_path();
         report.files += 1;
-        let (loaded, mut diagnostics) = load_file(&path, env);
+        let (loaded, mut diagnostics) = load_file(path, env);
         report.diagnostics.append(&mut diagnostics);
         match loaded {
             Some(loaded) => report.rules.push(loaded),
-            None => report.failed_paths.extend(intended_path(&path)),
+            None => report.failed_paths.extend(intended_path(path)),
         }
     }
-    Ok(report)
+    report
 }
 
 /// The webhook path a rule file that failed to load meant to serve, as far as a lenient
