@@ -89,6 +89,14 @@ pub fn apply(command: Command, path: &std::path::Path) -> Result<Command, String
                 names.join(", ")
             ));
         };
+        if entry.values.len() > 1 && !matches!(arg.get_action(), clap::ArgAction::Append) {
+            return Err(format!(
+                "{}: `{}` takes one value, found a list of {}",
+                at(entry.line),
+                entry.name,
+                entry.values.len()
+            ));
+        }
         // The value is checked here, so that a mistake names the file rather than a flag
         // that nobody typed.
         for value in &entry.values {
@@ -213,13 +221,22 @@ fn entries(text: &str) -> Result<Vec<Entry>, (usize, String)> {
             ));
         }
     };
+    // The line of each top-level key, found in one pass.
+    let mut lines: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for (i, line) in text.lines().enumerate() {
+        if let Some((key, _)) = line.split_once(':')
+            && !key.starts_with([' ', '\t', '#', '-'])
+        {
+            lines.entry(key.trim_end()).or_insert(i + 1);
+        }
+    }
     let mut out = Vec::new();
     for (key, value) in mapping {
         let Some(key) = key.as_str() else {
             return Err((1, format!("expected setting names, found {}", kind(&key))));
         };
         let name = key.trim().to_lowercase().replace('_', "-");
-        let line = line_of(text, key);
+        let line = lines.get(key).copied().unwrap_or(1);
         let values = match value {
             Value::Sequence(items) => items
                 .iter()
@@ -268,16 +285,6 @@ fn kind(value: &Value) -> &'static str {
         Value::Mapping(_) => "a mapping",
         Value::Tagged(_) => "a tagged value",
     }
-}
-
-/// The line of the top-level key `key`, for messages.
-fn line_of(text: &str, key: &str) -> usize {
-    text.lines()
-        .position(|l| {
-            l.strip_prefix(key)
-                .is_some_and(|rest| rest.trim_start().starts_with(':'))
-        })
-        .map_or(1, |i| i + 1)
 }
 
 #[cfg(test)]
@@ -386,6 +393,15 @@ mod tests {
         assert!(e.contains("environment only"), "{e}");
         let e = parse("watch-rules: maybe\n", &["clientrules", "serve"]).unwrap_err();
         assert!(e.contains("expected one of: true, false"), "{e}");
+        let e = parse(
+            "listen: [127.0.0.1:1, 127.0.0.1:2]\n",
+            &["clientrules", "serve"],
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("`listen` takes one value, found a list of 2"),
+            "{e}"
+        );
         let e = parse("workers: four\n", &["clientrules", "serve"]).unwrap_err();
         assert!(e.contains("for example `4` (the default)"), "{e}");
     }

@@ -76,8 +76,8 @@ pub struct Settings {
     #[arg(long, env = "CLIENTRULES_RETENTION", default_value = "30d", value_parser = humantime::parse_duration)]
     pub retention: std::time::Duration,
 
-    /// Seconds that running jobs get to finish on shutdown.
-    #[arg(long, env = "CLIENTRULES_SHUTDOWN_GRACE", default_value_t = 10)]
+    /// Seconds that running jobs get to finish on shutdown (at most a day).
+    #[arg(long, env = "CLIENTRULES_SHUTDOWN_GRACE", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=86_400))]
     pub shutdown_grace: u64,
 
     /// Reload rule files when they change; SIGHUP reloads them either way.

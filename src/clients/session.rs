@@ -349,8 +349,8 @@ fn value_text(value: &Value) -> String {
 /// before it is sent and with its result once it succeeded: a write intended and never
 /// recorded was cut off (the service stopped) with its outcome unknown.
 pub trait WriteJournal: Send + Sync {
-    /// What an earlier attempt recorded under a sequence number, if anything.
-    fn recorded(&self, sequence: u32) -> Option<Recorded>;
+    /// What earlier attempts recorded, by sequence number, in order.
+    fn earlier(&self) -> Vec<(u32, Recorded)>;
     /// Records that a write is about to be sent; an error stops it from being sent.
     fn intend(&self, sequence: u32, fingerprint: &str) -> Result<(), String>;
     /// Records a write that succeeded.
@@ -368,15 +368,26 @@ pub enum Recorded {
     Intended { fingerprint: String },
 }
 
+impl Recorded {
+    /// What was written: the operation, the client and the fields.
+    pub fn fingerprint(&self) -> &str {
+        match self {
+            Recorded::Done { fingerprint, .. } | Recorded::Intended { fingerprint } => fingerprint,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     /// When the run's time is up: no request starts after it.
     deadline: Option<Instant>,
-    /// Writes attempted so far, numbering journal entries.
+    /// Raised when the service stops: no request starts after it.
+    cancel: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// The last sequence number given to a journal entry, by this run or an earlier one.
     sequence: u32,
-    /// Set once this run wrote something other than what the journal recorded: from
-    /// there on, nothing recorded applies.
-    diverged: bool,
+    /// The writes earlier attempts recorded, each with whether this run has matched it
+    /// with a write of its own yet.
+    earlier: Vec<(u32, Recorded, bool)>,
     calls: Vec<ApiCall>,
     changes: Vec<Change>,
     /// Clients read or written in this run, by id: the current state that updates diff
@@ -479,6 +490,15 @@ impl Session {
 
     /// Records writes in a journal and takes back what an earlier attempt recorded.
     pub fn with_journal(mut self, journal: Box<dyn WriteJournal>) -> Session {
+        {
+            let mut state = self.state();
+            state.earlier = journal
+                .earlier()
+                .into_iter()
+                .map(|(sequence, recorded)| (sequence, recorded, false))
+                .collect();
+            state.sequence = state.earlier.iter().map(|(s, ..)| *s).max().unwrap_or(0);
+        }
         self.journal = Some(journal);
         self
     }
@@ -501,31 +521,37 @@ impl Session {
         send: impl FnOnce() -> Result<Client, SessionError>,
         settle: impl FnOnce() -> Result<Client, SessionError>,
     ) -> Result<Client, SessionError> {
-        let sequence = {
-            let mut state = self.state();
-            state.sequence += 1;
-            state.sequence
-        };
         let Some(journal) = &self.journal else {
             return send();
         };
-        let mut cut_off = false;
-        if !self.state().diverged {
-            match journal.recorded(sequence) {
-                Some(Recorded::Done {
-                    fingerprint: recorded,
-                    result,
-                }) if recorded == fingerprint => match serde_json::from_value::<Client>(result) {
-                    Ok(client) => return Ok(client),
-                    Err(_) => self.state().diverged = true,
-                },
-                Some(Recorded::Intended {
-                    fingerprint: recorded,
-                }) if recorded == fingerprint => cut_off = true,
-                Some(_) => self.state().diverged = true,
-                None => {}
+        // The same write (operation, client, fields) recorded by an earlier attempt and
+        // not matched yet in this run, whatever writes came before it: a retry may skip
+        // some (an upsert that finds what the first attempt created sends nothing).
+        let (sequence, earlier) = {
+            let mut state = self.state();
+            let found = state.earlier.iter().position(|(_, recorded, matched)| {
+                !matched && recorded.fingerprint() == fingerprint
+            });
+            match found {
+                Some(i) => {
+                    state.earlier[i].2 = true;
+                    (state.earlier[i].0, Some(state.earlier[i].1.clone()))
+                }
+                None => {
+                    state.sequence += 1;
+                    (state.sequence, None)
+                }
             }
-        }
+        };
+        let cut_off = match earlier {
+            Some(Recorded::Done { result, .. }) => match serde_json::from_value::<Client>(result) {
+                Ok(client) => return Ok(client),
+                // A result that no longer reads: settled as if it were cut off.
+                Err(_) => true,
+            },
+            Some(Recorded::Intended { .. }) => true,
+            None => false,
+        };
         // Never a write that the journal does not know of: a retry could repeat it.
         if !cut_off && let Err(e) = journal.intend(sequence, &fingerprint) {
             return Err(SessionError::Api {
@@ -559,6 +585,11 @@ impl Session {
     /// time spent waiting for the API, not only the script's own operations.
     pub fn set_deadline(&self, deadline: Instant) {
         self.state().deadline = Some(deadline);
+    }
+
+    /// Sets the flag that, once raised (the service stops), lets no request start.
+    pub fn set_cancel(&self, cancel: Arc<std::sync::atomic::AtomicBool>) {
+        self.state().cancel = Some(cancel);
     }
 
     pub fn mode(&self) -> Mode {
@@ -603,6 +634,19 @@ impl Session {
     ) -> Result<T, SessionError> {
         {
             let state = self.state();
+            if state
+                .cancel
+                .as_ref()
+                .is_some_and(|c| c.load(std::sync::atomic::Ordering::SeqCst))
+            {
+                return Err(SessionError::Limit {
+                    limit: "shutdown",
+                    message: format!(
+                        "the service is stopping: clients::{call} was not sent, and the run \
+                         goes on after the next start"
+                    ),
+                });
+            }
             if state.deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(SessionError::Limit {
                     limit: "timeout",

@@ -78,7 +78,12 @@ pub fn load_paths(paths: &[PathBuf], env: EnvLookup<'_>) -> LoadReport {
 /// read of it tells: its `on.webhook.path`, or `/hooks/<name>`.
 pub fn intended_path(file: &Path) -> Option<String> {
     let text = std::fs::read_to_string(file).ok()?;
-    let doc: serde_yaml::Value = serde_yaml::from_str(text.trim_start_matches('\u{feff}')).ok()?;
+    let Ok(doc) = serde_yaml::from_str::<serde_yaml::Value>(text.trim_start_matches('\u{feff}'))
+    else {
+        // Not YAML at all: the path its name would give, which is the usual one.
+        let stem = file.file_stem()?.to_str()?;
+        return valid_name(stem).then(|| format!("/hooks/{stem}"));
+    };
     let webhook = doc.get("on")?.get("webhook")?;
     match webhook.get("path").and_then(serde_yaml::Value::as_str) {
         Some(path) => Some(path.to_owned()),

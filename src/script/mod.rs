@@ -329,6 +329,9 @@ fn run_here(
         memory,
     };
     session.set_deadline(sandbox.deadline);
+    if let Some(cancel) = &sandbox.cancel {
+        session.set_cancel(cancel.clone());
+    }
     let engine = engine::build(&sandbox, session.clone(), logs.clone());
 
     let mut scope = Scope::new();

@@ -346,16 +346,21 @@ struct StoreJournal {
 }
 
 impl WriteJournal for StoreJournal {
-    fn recorded(&self, sequence: u32) -> Option<Recorded> {
-        let entry = self.entries.iter().find(|e| e.sequence == sequence)?;
-        let fingerprint = entry.fingerprint.clone();
-        Some(match &entry.result {
-            Some(result) => Recorded::Done {
-                fingerprint,
-                result: result.clone(),
-            },
-            None => Recorded::Intended { fingerprint },
-        })
+    fn earlier(&self) -> Vec<(u32, Recorded)> {
+        self.entries
+            .iter()
+            .map(|entry| {
+                let fingerprint = entry.fingerprint.clone();
+                let recorded = match &entry.result {
+                    Some(result) => Recorded::Done {
+                        fingerprint,
+                        result: result.clone(),
+                    },
+                    None => Recorded::Intended { fingerprint },
+                };
+                (entry.sequence, recorded)
+            })
+            .collect()
     }
 
     fn intend(&self, sequence: u32, fingerprint: &str) -> Result<(), String> {

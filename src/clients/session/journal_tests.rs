@@ -24,8 +24,9 @@ struct Journal {
 }
 
 impl WriteJournal for Arc<Journal> {
-    fn recorded(&self, sequence: u32) -> Option<Recorded> {
-        self.entries.lock().unwrap().get(&sequence).cloned()
+    fn earlier(&self) -> Vec<(u32, Recorded)> {
+        let entries = self.entries.lock().unwrap();
+        entries.iter().map(|(s, r)| (*s, r.clone())).collect()
     }
 
     fn intend(&self, sequence: u32, fingerprint: &str) -> Result<(), String> {
@@ -56,6 +57,10 @@ impl WriteJournal for Arc<Journal> {
     fn forget(&self, sequence: u32) {
         self.entries.lock().unwrap().remove(&sequence);
     }
+}
+
+fn recorded(journal: &Arc<Journal>, sequence: u32) -> Option<Recorded> {
+    journal.entries.lock().unwrap().get(&sequence).cloned()
 }
 
 /// The embedded backend, counting creates, that can refuse them.
@@ -125,7 +130,7 @@ fn a_create_cut_off_before_its_record_is_found_by_email_and_not_sent_again() {
         .unwrap();
     journal.lose_results.store(false, Ordering::SeqCst);
     assert!(matches!(
-        journal.recorded(1),
+        recorded(&journal, 1),
         Some(Recorded::Intended { .. })
     ));
     // The retry finds the client instead of creating a second one.
@@ -133,7 +138,7 @@ fn a_create_cut_off_before_its_record_is_found_by_email_and_not_sent_again() {
     assert_eq!(again.id, first.id);
     assert_eq!(backend.creates.load(Ordering::SeqCst), 1);
     assert_eq!(clients(&backend), 1);
-    assert!(matches!(journal.recorded(1), Some(Recorded::Done { .. })));
+    assert!(matches!(recorded(&journal, 1), Some(Recorded::Done { .. })));
 }
 
 #[test]
@@ -147,7 +152,7 @@ fn a_create_cut_off_before_it_was_sent_is_sent_by_the_retry() {
     attempt(&self::backend(), &journal)
         .create(fields(jane.clone()))
         .unwrap();
-    let Some(Recorded::Intended { fingerprint }) = journal.recorded(1) else {
+    let Some(Recorded::Intended { fingerprint }) = recorded(&journal, 1) else {
         panic!("no intent recorded");
     };
     journal
@@ -231,7 +236,7 @@ fn a_refused_write_leaves_nothing_to_settle_and_is_sent_again_by_the_retry() {
         .create(fields(phone_only.clone()))
         .unwrap_err();
     assert!(error.is_transient());
-    assert_eq!(journal.recorded(1), None, "a refused write is forgotten");
+    assert_eq!(recorded(&journal, 1), None, "a refused write is forgotten");
     attempt(&backend, &journal)
         .create(fields(phone_only))
         .unwrap();
@@ -254,7 +259,7 @@ fn an_unanswered_create_with_email_is_settled_by_the_next_attempt() {
         .create(fields(jane.clone()))
         .unwrap_err();
     assert!(matches!(
-        journal.recorded(1),
+        recorded(&journal, 1),
         Some(Recorded::Intended { .. })
     ));
     attempt(&backend, &journal).create(fields(jane)).unwrap();
@@ -272,4 +277,32 @@ fn a_write_the_journal_cannot_hold_is_not_sent() {
     assert!(error.is_transient(), "{error}");
     assert!(error.to_string().contains("cannot be journaled"), "{error}");
     assert_eq!(backend.creates.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn a_retry_that_skips_a_write_still_settles_the_ones_after_it() {
+    let backend = backend();
+    let journal = Arc::new(Journal::default());
+    let lead = json!({"email": "mix@example.com", "first_name": "Mix"});
+    let referral = json!({"first_name": "Ref", "last_name": "Mix", "phone": "+15055000008"});
+    // The first attempt creates the lead, then the referral, and stops before the
+    // referral's result is recorded.
+    let first = attempt(&backend, &journal);
+    first.upsert(fields(lead.clone())).unwrap();
+    journal.lose_results.store(true, Ordering::SeqCst);
+    first.create(fields(referral.clone())).unwrap();
+    journal.lose_results.store(false, Ordering::SeqCst);
+    // The retry's upsert finds the lead and sends nothing; the referral's create is
+    // still matched with its record, and settled.
+    let retry = attempt(&backend, &journal);
+    retry.upsert(fields(lead)).unwrap();
+    retry.create(fields(referral)).unwrap();
+    assert_eq!(backend.creates.load(Ordering::SeqCst), 2);
+    assert_eq!(clients(&backend), 2);
+    // New writes of the retry are numbered after the earlier ones: nothing recorded
+    // is overwritten.
+    retry
+        .create(fields(json!({"email": "new@example.com"})))
+        .unwrap();
+    assert_eq!(journal.entries.lock().unwrap().len(), 3);
 }
