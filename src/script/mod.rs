@@ -586,11 +586,15 @@ mod tests {
             let _ = writeln!(script, "  let v{i} = base + \"{i}\";");
         }
         let _ = writeln!(script, "  log::info(`held ${{v{strings}.len()}}`);");
-        let text = format!(
+        load_rule(&format!(
             "name: hoard\non:\n  webhook: {{}}\nscript: |\n{script}limits:\n  max_memory: {max_memory}\n  timeout: 60s\n"
-        );
+        ))
+    }
+
+    /// Loads a rule from the text of its file.
+    fn load_rule(text: &str) -> Rule {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("hoard.yaml");
+        let path = dir.path().join("rule.yaml");
         std::fs::write(&path, text).unwrap();
         let (loaded, diagnostics) = crate::rules::load_file(&path, &no_env);
         loaded
@@ -646,16 +650,9 @@ mod tests {
     }
 
     fn timed_rule(script: &str) -> Rule {
-        let text = format!(
+        load_rule(&format!(
             "name: timed\non:\n  webhook: {{}}\nscript: |\n  {script}\nlimits:\n  timeout: 1s\n  max_operations: 10000000000\n"
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("timed.yaml");
-        std::fs::write(&path, text).unwrap();
-        let (loaded, diagnostics) = crate::rules::load_file(&path, &no_env);
-        loaded
-            .unwrap_or_else(|| panic!("the rule loads: {diagnostics:#?}"))
-            .rule
+        ))
     }
 
     #[test]

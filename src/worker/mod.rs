@@ -542,6 +542,14 @@ mod tests {
         id
     }
 
+    fn all_runs(ctx: &Context) -> Vec<crate::store::StoredRun> {
+        let filter = RunFilter {
+            limit: 10,
+            ..RunFilter::default()
+        };
+        ctx.store.runs(&filter).unwrap()
+    }
+
     const OTHER: &str = "name: other\non:\n  webhook: {}\nscript: \"let x = 1;\"\n";
 
     #[test]
@@ -550,13 +558,7 @@ mod tests {
         let job = run_job_of(&ctx, "lead");
         assert_eq!(ctx.store.job_state(job).unwrap(), Some(JobState::Pending));
         // Not run, and the attempt not counted: claimed again later, it is attempt 1.
-        let runs = ctx
-            .store
-            .runs(&RunFilter {
-                limit: 10,
-                ..RunFilter::default()
-            })
-            .unwrap();
+        let runs = all_runs(&ctx);
         assert!(runs.is_empty(), "{runs:?}");
         assert!(
             ctx.store.claim(Duration::from_secs(60)).unwrap().is_none(),
@@ -569,13 +571,7 @@ mod tests {
         let (ctx, _dir) = context(&[("other.yaml", OTHER)]);
         let job = run_job_of(&ctx, "lead");
         assert_eq!(ctx.store.job_state(job).unwrap(), Some(JobState::Dead));
-        let runs = ctx
-            .store
-            .runs(&RunFilter {
-                limit: 10,
-                ..RunFilter::default()
-            })
-            .unwrap();
+        let runs = all_runs(&ctx);
         let message = runs[0].record["error"]["message"].as_str().unwrap_or("");
         assert!(message.contains("no longer loaded"), "{message}");
     }
