@@ -1830,6 +1830,18 @@ mod tests {
     }
 
     #[test]
+    fn a_file_that_is_not_yaml_still_names_the_path_its_file_name_gives() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("open-house.yaml");
+        std::fs::write(&path, "name: open-house\non: [\n").unwrap();
+        assert_eq!(intended_path(&path).as_deref(), Some("/hooks/open-house"));
+        // A name that is no rule name gives no path.
+        let odd = dir.path().join("Odd Name.yaml");
+        std::fs::write(&odd, "on: [\n").unwrap();
+        assert_eq!(intended_path(&odd), None);
+    }
+
+    #[test]
     fn a_second_document_is_refused() {
         let d = only_error("name: a\non:\n  webhook: {}\nscript: \"let x = 1;\"\n---\nname: b\n");
         assert!(d.message.contains("second YAML document"), "{}", d.message);
