@@ -571,6 +571,8 @@ impl Session {
                 let value = serde_json::to_value(client).unwrap_or(Value::Null);
                 journal.record(sequence, &fingerprint, &value);
             }
+            // A write an earlier attempt was cut off in stays to be settled until it is.
+            Err(_) if cut_off => {}
             // Perhaps sent, with no answer: the next attempt settles it.
             Err(SessionError::Api { error, .. }) if settle_unanswered && error.status.is_none() => {
             }

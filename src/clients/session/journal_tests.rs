@@ -306,3 +306,58 @@ fn a_retry_that_skips_a_write_still_settles_the_ones_after_it() {
         .unwrap();
     assert_eq!(journal.entries.lock().unwrap().len(), 3);
 }
+
+#[test]
+fn a_cut_off_write_whose_settling_fails_stays_to_be_settled() {
+    let backend = backend();
+    let jane = json!({"email": "jane@example.com", "first_name": "Jane"});
+    let journal = cut_off_create(&backend, &jane);
+    // The retry cannot even look the client up: the API is down.
+    let down = Arc::new(Counting {
+        inner: backend.inner.clone(),
+        creates: AtomicU32::new(0),
+        refuse_with: Mutex::new(None),
+    });
+    let failing = Session::new(Arc::new(Unreachable), Mode::Live, 100, None)
+        .with_journal(Box::new(journal.clone()));
+    assert!(failing.create(fields(jane.clone())).is_err());
+    assert!(matches!(
+        recorded(&journal, 1),
+        Some(Recorded::Intended { .. })
+    ));
+    // The next retry settles it: found, not created again.
+    attempt(&down, &journal).create(fields(jane)).unwrap();
+    assert_eq!(down.creates.load(Ordering::SeqCst), 0);
+    assert_eq!(clients(&backend), 1);
+}
+
+/// An API that answers nothing.
+struct Unreachable;
+
+impl Backend for Unreachable {
+    fn list(&self, _: &ListQuery) -> Result<Page, ApiError> {
+        Err(unreachable_error())
+    }
+    fn get(&self, _: &str) -> Result<Option<Client>, ApiError> {
+        Err(unreachable_error())
+    }
+    fn create(&self, _: &Map<String, Value>) -> Result<Client, ApiError> {
+        Err(unreachable_error())
+    }
+    fn update(&self, _: &str, _: &Map<String, Value>) -> Result<Client, ApiError> {
+        Err(unreachable_error())
+    }
+    fn name(&self) -> &'static str {
+        "unreachable"
+    }
+}
+
+fn unreachable_error() -> ApiError {
+    ApiError {
+        operation: "list",
+        status: Some(503),
+        detail: "unavailable".into(),
+        pointer: None,
+        transient: true,
+    }
+}
