@@ -173,6 +173,14 @@ pub(super) fn from_millis(ms: i64) -> DateTime<Utc> {
     Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
 }
 
+/// Whether SQLite refused because another connection holds the lock.
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
 /// Makes the tables of a store, or brings an older file's up to date.
 fn setup(conn: &Connection, file: bool) -> Result<()> {
     conn.busy_timeout(Duration::from_secs(5))?;
@@ -230,7 +238,19 @@ impl SqliteStore {
             })
         };
         let conn = open()?;
-        setup(&conn, true)?;
+        // Opening a file another opener is setting up at the same moment (switching it
+        // to WAL, making its tables) can be refused as busy at once, whatever the busy
+        // timeout: try again for a while.
+        let mut tries = 0;
+        loop {
+            match setup(&conn, true) {
+                Err(StoreError::Sqlite(e)) if is_busy(&e) && tries < 50 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                other => break other?,
+            }
+        }
         let turn = Some(Turn::for_file(path));
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
