@@ -165,6 +165,27 @@ pub struct StoredRun {
     pub record: Value,
 }
 
+impl StoredRun {
+    /// The run of a claimed job, under `id`, with its status and whole record.
+    pub fn of(
+        job: &Job,
+        id: impl Into<String>,
+        status: &str,
+        started_at: DateTime<Utc>,
+        record: Value,
+    ) -> StoredRun {
+        StoredRun {
+            id: id.into(),
+            job_id: job.id,
+            event_id: job.event_id.clone(),
+            rule: job.rule.clone(),
+            status: status.to_owned(),
+            started_at,
+            record,
+        }
+    }
+}
+
 /// An event with its jobs' states, for listings.
 #[derive(Debug, Clone, Serialize)]
 pub struct EventSummary {

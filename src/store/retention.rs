@@ -120,15 +120,13 @@ mod tests {
                 },
             )
             .unwrap();
-        let run = StoredRun {
-            id: format!("run-{}", job.id),
-            job_id: job.id,
-            event_id: job.event_id.clone(),
-            rule: job.rule.clone(),
-            status: "succeeded".into(),
-            started_at: Utc::now(),
-            record: serde_json::json!({"changes": [{"client_id": "7"}]}),
-        };
+        let run = StoredRun::of(
+            &job,
+            format!("run-{}", job.id),
+            "succeeded",
+            Utc::now(),
+            serde_json::json!({"changes": [{"client_id": "7"}]}),
+        );
         store.finish(&job, &run, next).unwrap();
         job.id
     }

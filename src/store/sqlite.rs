@@ -952,15 +952,13 @@ mod tests {
             .collect();
         store.insert_batch(batch).unwrap();
         while let Some(job) = store.claim(Duration::from_secs(60)).unwrap() {
-            let run = StoredRun {
-                id: format!("run-{}", job.id),
-                job_id: job.id,
-                event_id: job.event_id.clone(),
-                rule: job.rule.clone(),
-                status: "failed".into(),
-                started_at: Utc::now(),
-                record: serde_json::json!({}),
-            };
+            let run = StoredRun::of(
+                &job,
+                format!("run-{}", job.id),
+                "failed",
+                Utc::now(),
+                serde_json::json!({}),
+            );
             store.finish(&job, &run, JobNext::Dead).unwrap();
         }
         store

@@ -474,15 +474,7 @@ fn finish(
     next: JobNext,
 ) {
     ctx.metrics.run(&job.rule, status.as_str());
-    let run = StoredRun {
-        id: run_id.to_owned(),
-        job_id: job.id,
-        event_id: job.event_id.clone(),
-        rule: job.rule.clone(),
-        status: status.as_str().to_owned(),
-        started_at,
-        record,
-    };
+    let run = StoredRun::of(job, run_id, status.as_str(), started_at, record);
     if let Err(e) = ctx.store.finish(job, &run, next) {
         error!(error = %e, "cannot record the run; the job will run again when its lease ends");
     } else if next == JobNext::Dead {

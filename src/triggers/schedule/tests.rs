@@ -92,15 +92,13 @@ fn outcomes(reports: &[TickReport]) -> Vec<(&str, &'static str)> {
 
 /// Ends a claimed job as done, as a worker would after its run.
 fn finish(store: &dyn Store, job: &crate::store::Job) {
-    let run = StoredRun {
-        id: format!("run-{}", job.id),
-        job_id: job.id,
-        event_id: job.event_id.clone(),
-        rule: job.rule.clone(),
-        status: "succeeded".into(),
-        started_at: Utc::now(),
-        record: serde_json::json!({}),
-    };
+    let run = StoredRun::of(
+        job,
+        format!("run-{}", job.id),
+        "succeeded",
+        Utc::now(),
+        serde_json::json!({}),
+    );
     store.finish(job, &run, JobNext::Done).unwrap();
 }
 
